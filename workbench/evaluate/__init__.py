@@ -1,0 +1,1 @@
+"""Evaluation under a condition: each metric sees only a forward function (ids -> logits)."""

