@@ -113,11 +113,14 @@ def component_map(model: torch.nn.Module) -> ComponentMap:
     family = families()[model_type]
     try:
         found = family.find(model)
-    except (AttributeError, KeyError) as exc:
+    except (AttributeError, KeyError, IndexError) as exc:
         raise UnsupportedArchitecture(
             f"model_type {model_type!r} does not have the layout the {family.name} map expects "
             f"({exc}); modules found: {_module_summary(model)}"
         ) from exc
+    if not found:
+        raise UnsupportedArchitecture(f"no components found in this {model_type!r} model; "
+                                      f"modules found: {_module_summary(model)}")
     n_layers = 1 + max(c.layer for c in found)
     return ComponentMap(model_type, family.name, n_layers, tuple(sorted(found)))
 
@@ -132,4 +135,4 @@ def random_model(model_type: str, seed: int = 0):
     config = family.tiny_config()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    return model, byte_tokenizer()
+    return model.eval(), byte_tokenizer()

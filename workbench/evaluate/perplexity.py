@@ -1,8 +1,10 @@
 """Rolling-window perplexity: every token after the first is scored exactly once.
 
-Windows start every ``stride`` tokens and hold up to ``context`` tokens; a window scores only
-the tokens that no earlier window scored, so each scored token sees at least
-``context - stride`` tokens of left context (except near the start).
+The first window is the first ``context`` tokens and scores all but its first token. Each
+later window ends ``stride`` tokens after the previous one (or at the end of the text), holds
+the ``context`` tokens before its end, and scores only its last ``stride`` tokens, so each of
+them sees at least ``context - stride`` tokens of left context. With ``stride >= context`` a
+window keeps one token of left context and scores ``context - 1`` tokens.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ def rolling_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
         raise ValueError(f"stride must be between 1 and context ({context}), got {stride}")
     if n_tokens < 2:
         raise ValueError(f"need at least 2 tokens to score, got {n_tokens}")
-    windows, prev_end, begin = [], 1, 0
+    first_end = min(context, n_tokens)
+    windows = [Window(0, first_end, 1)]
+    prev_end = first_end
     while prev_end < n_tokens:
-        end = min(begin + context, n_tokens)
-        if end > prev_end:
-            windows.append(Window(begin, end, max(prev_end, begin + 1)))
-            prev_end = end
-        begin += stride
+        end = min(prev_end + stride, n_tokens)
+        begin = max(0, end - context)
+        if begin >= prev_end:  # stride >= context: keep one token of left context
+            begin = prev_end - 1
+            end = min(begin + context, n_tokens)
+        windows.append(Window(begin, end, prev_end))
+        prev_end = end
     return windows
 
 
