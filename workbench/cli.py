@@ -14,8 +14,9 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ablate components of hybrid language models and measure what changes.")
-out = Console()
-err = Console(stderr=True)
+# Piped output (a file, a test) gets a wide console instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(Exception):

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from workbench import store
@@ -128,7 +129,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
         baseline_nll = store.open_store(out)["window_nll"].isel(condition=base_idx).values
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress)
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress,
+                   console=Console(stderr=True))
     with bar if progress else nullcontext():
         t_cond = bar.add_task("conditions", total=len(plan.conditions), rate="",
                               completed=len(plan.conditions) - len(todo))
