@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean-runs
+.PHONY: setup demo test test-fast compat
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m workbench.compat README.md --check
+
+# Regenerate the README's compatibility matrix from a run of the family tests.
+compat: setup
+	$(BIN)/python -m pytest -q tests/test_architectures.py tests/test_interventions.py
+	$(BIN)/python -m workbench.compat README.md
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
