@@ -88,7 +88,7 @@ def run(
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
     from workbench.architectures import component_map
-    from workbench.corpora import load_corpus
+    from workbench.corpora import load_corpus, read_text
     from workbench.runner import run_plan
 
     if (plan is None) == (preset is None):
@@ -96,6 +96,8 @@ def run(
     if mode not in plans.MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(plans.MODES)}")
     spec = plans.load_spec(plan) if plan else None
+    texts = [read_text(c) for c in corpus]  # bad corpora fail before the model loads
+    ref_text = read_text(reference) if reference else None
     loaded = _load(model, device, dtype)
     cmap = component_map(loaded.model)
     if spec is None:
@@ -105,11 +107,11 @@ def run(
     if dry_run:
         _print_plan(resolved)
         return
-    corpora = [load_corpus(c, loaded.tokenizer, max_tokens) for c in corpus]
+    corpora = [load_corpus(c, loaded.tokenizer, max_tokens, text=t) for c, t in zip(corpus, texts)]
     names = [k.name for k in corpora]
     if len(set(names)) != len(names):
         raise UserError(f"corpus names repeat: {names}")
-    ref = load_corpus(reference, loaded.tokenizer, max_tokens) if reference else None
+    ref = load_corpus(reference, loaded.tokenizer, max_tokens, text=ref_text) if reference else None
     err.print(f"{len(resolved.conditions)} conditions x {len(corpora)} corpora "
               f"({sum(k.n_tokens for k in corpora):,} tokens) -> {out_path}")
     ds = run_plan(loaded, resolved, corpora, out_path, context=context, stride=stride,

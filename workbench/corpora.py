@@ -68,7 +68,14 @@ def _from_datasets(spec: str) -> tuple[str, str]:
 
 
 def read_text(spec: str) -> tuple[str, str, str]:
-    """(name, source, text) for a corpus spec."""
+    """(name, source, text) for a corpus spec; an empty corpus is an error."""
+    name, source, text = _read(spec)
+    if not text.strip():
+        raise CorpusError(f"corpus {spec!r} is empty")
+    return name, source, text
+
+
+def _read(spec: str) -> tuple[str, str, str]:
     if spec.startswith("hf:"):
         name, text = _from_datasets(spec)
         return name, spec, text
@@ -88,10 +95,9 @@ def read_text(spec: str) -> tuple[str, str, str]:
     return path.stem, str(path.resolve()), text
 
 
-def load_corpus(spec: str, tokenizer, max_tokens: int | None = None) -> Corpus:
-    name, source, text = read_text(spec)
-    if not text.strip():
-        raise CorpusError(f"corpus {spec!r} is empty")
+def load_corpus(spec: str, tokenizer, max_tokens: int | None = None, text: tuple | None = None) -> Corpus:
+    """Tokenise a corpus (``text``: an earlier ``read_text(spec)`` result, to read only once)."""
+    name, source, text = text or read_text(spec)
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     if len(ids) < 2:
         raise CorpusError(f"corpus {spec!r} has {len(ids)} token(s); at least 2 are needed")

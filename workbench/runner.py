@@ -25,6 +25,7 @@ from workbench.loading import LoadedModel
 from workbench.paths import REPO_ROOT
 from workbench.plans import Condition, Plan
 
+N_REFERENCE_WINDOWS = 16  # windows of the reference corpus that mean ablations average over
 PACKAGES = ("workbench", "torch", "transformers", "nnsight", "xarray", "zarr", "numpy")
 
 
@@ -111,7 +112,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     windows = {k.name: rolling_windows(k.n_tokens, context, stride) for k in corpora}
     meta = [{"name": k.name, "source": k.source, "n_tokens": k.n_tokens, "n_bytes": k.n_bytes,
              "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
-    protocol = {"context": context, "stride": stride, "scored": "every token after the first, once"}
+    protocol = {"context": context, "stride": stride, "scored": "every token after the first, once",
+                "reference": reference.source, "reference_windows": N_REFERENCE_WINDOWS}
     attrs = provenance(loaded, device=device, dtype=dtype, seed=seed, protocol=protocol,
                        reference=reference.source)
     ds = store.create_or_resume(out, plan, meta, attrs)
@@ -122,7 +124,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
         todo = [base_idx] + [i for i in todo if i != base_idx]
 
     iv = Intervener(loaded.model)
-    runner = ConditionRunner(iv, reference, context, batch_size)
+    runner = ConditionRunner(iv, reference, context, batch_size, N_REFERENCE_WINDOWS)
     total_tokens = sum(k.n_tokens - 1 for k in corpora)
     baseline_nll = None
     if base_idx is not None and base_idx not in todo:
