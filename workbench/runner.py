@@ -75,6 +75,14 @@ class ConditionRunner:
         self.iv, self.reference = iv, reference
         self.context, self.batch_size = context, batch_size
         self.n_reference_windows = n_reference_windows
+        self._means: dict | None = None
+
+    def means(self) -> dict:
+        """Mean output of every component over the reference windows, computed once per run."""
+        if self._means is None:
+            comps = [c for c in self.iv.cmap.components if c.role != "layer"]
+            self._means = self.iv.component_means(self.reference_batches(), comps)
+        return self._means
 
     def reference_batches(self):
         ids, L = self.reference.ids, min(self.context, len(self.reference.ids))
@@ -88,7 +96,7 @@ class ConditionRunner:
             return lambda ids, windows: iv.run(ids, condition).logits
         comps = iv.components(condition)
         if condition.mode == "mean":
-            means = iv.component_means(self.reference_batches(), comps)
+            means = self.means()
             return lambda ids, windows: iv.run(ids, condition, means=means).logits
         if condition.mode == "resample":
             same = corpus.source == self.reference.source
