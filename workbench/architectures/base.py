@@ -10,6 +10,14 @@ import torch
 ROLES = ("attention", "linear_attention", "ssm", "conv", "mlp", "layer")
 MIXER_ROLES = ("attention", "linear_attention", "ssm", "conv")
 
+# The plain decoder layer of Transformer controls: attention, then MLP.
+TRANSFORMER_CHILDREN = {"self_attn": ("attention", "o_proj"), "mlp": ("mlp", "down_proj")}
+
+
+def transformer_counts(config) -> dict[str, int]:
+    n = config.num_hidden_layers
+    return {"attention": n, "mlp": n, "layer": n}
+
 
 @dataclass(frozen=True, order=True)
 class Component:

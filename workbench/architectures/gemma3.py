@@ -13,7 +13,7 @@ The multimodal ``gemma3`` checkpoints (``Gemma3ForConditionalGeneration``) are m
 ``gemma3_multimodal.py``.
 """
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import TRANSFORMER_CHILDREN, Family, transformer_counts
 
 
 def text_config():
@@ -33,15 +33,10 @@ def tiny_config():
     return text_config()
 
 
-def expected_counts(config):
-    n = config.num_hidden_layers
-    return {"attention": n, "mlp": n, "layer": n}
-
-
 FAMILY = Family(
     name="gemma3",
     model_types=("gemma3_text",),
     tiny_config=tiny_config,
-    children={"self_attn": ("attention", "o_proj"), "mlp": ("mlp", "down_proj")},
-    expected_counts=expected_counts,
+    children=TRANSFORMER_CHILDREN,
+    expected_counts=transformer_counts,
 )

@@ -1,7 +1,7 @@
 """Llama (and checkpoints that reuse ``model_type: llama``): the plain Transformer control,
 attention (``self_attn``) then MLP (``mlp``) in every layer."""
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import TRANSFORMER_CHILDREN, Family, transformer_counts
 
 
 def tiny_config():
@@ -13,15 +13,10 @@ def tiny_config():
     )
 
 
-def expected_counts(config):
-    n = config.num_hidden_layers
-    return {"attention": n, "mlp": n, "layer": n}
-
-
 FAMILY = Family(
     name="llama",
     model_types=("llama",),
     tiny_config=tiny_config,
-    children={"self_attn": ("attention", "o_proj"), "mlp": ("mlp", "down_proj")},
-    expected_counts=expected_counts,
+    children=TRANSFORMER_CHILDREN,
+    expected_counts=transformer_counts,
 )

@@ -1,6 +1,6 @@
 """Qwen2 / Qwen2.5: the plain Transformer control (attention + MLP per layer)."""
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import TRANSFORMER_CHILDREN, Family, transformer_counts
 
 
 def tiny_config():
@@ -12,15 +12,10 @@ def tiny_config():
     )
 
 
-def expected_counts(config):
-    n = config.num_hidden_layers
-    return {"attention": n, "mlp": n, "layer": n}
-
-
 FAMILY = Family(
     name="qwen2",
     model_types=("qwen2",),
     tiny_config=tiny_config,
-    children={"self_attn": ("attention", "o_proj"), "mlp": ("mlp", "down_proj")},
-    expected_counts=expected_counts,
+    children=TRANSFORMER_CHILDREN,
+    expected_counts=transformer_counts,
 )
