@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from workbench import store
 from workbench.corpora import Corpus
 from workbench.evaluate.perplexity import Window, rolling_windows, safe_exp, score_windows
+from workbench.architectures import component_map
 from workbench.interventions import Intervener, donor_windows
 from workbench.loading import LoadedModel
 from workbench.paths import REPO_ROOT
@@ -47,6 +48,10 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def component_layers(model) -> list[int]:
+    return sorted({c.layer for c in component_map(model).components})
+
+
 def provenance(loaded: LoadedModel, *, device: str, dtype: str, seed: int, protocol: dict,
                reference: str) -> dict:
     config = loaded.model.config.to_json_string(use_diff=False)
@@ -54,6 +59,7 @@ def provenance(loaded: LoadedModel, *, device: str, dtype: str, seed: int, proto
         "model": loaded.spec,
         "model_type": loaded.model_type,
         "model_source": loaded.source,
+        "n_layers": len(component_layers(loaded.model)),
         "model_revision": loaded.revision or "",
         "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
         "protocol": json.dumps(protocol, sort_keys=True),
