@@ -41,7 +41,7 @@ if not shared:
     st.stop()
 corpus = st.sidebar.selectbox("Corpus", shared)
 
-tables, protocols = {}, {}
+tables, protocols, n_layers = {}, {}, {}
 for p in picked:
     ds = ad.cached_results(p)
     intervals = ad.cached_intervals(p)
@@ -50,6 +50,7 @@ for p in picked:
         continue
     tables[names[p]] = ad.condition_table(ds, corpus, intervals, ad.cached_summary(p))
     protocols[names[p]] = ds.attrs.get("protocol", "")
+    n_layers[names[p]] = ds.attrs.get("n_layers")
 if len(set(protocols.values())) > 1:
     st.warning("These stores used different evaluation protocols (context / stride); ratios may not "
                "be comparable: " + "; ".join(f"{k}: {v}" for k, v in protocols.items()))
@@ -96,13 +97,15 @@ else:
 sweeps = []
 for name, t in tables.items():
     s = t[(t["kind"] == "sweep") & t["complete"] & np.isfinite(t["ratio"])]
-    deepest = np.nanmax(t["layers"].str.findall(r"\d+").explode().astype(float).to_numpy(), initial=0)
+    # the model's depth when the store records it; older stores: the deepest layer in the plan
+    deepest = (n_layers[name] - 1 if n_layers.get(name) else
+               np.nanmax(t["layers"].str.findall(r"\d+").explode().astype(float).to_numpy(), initial=0))
     if not s.empty:
         sweeps.append(s.assign(store=name, depth=s["first_layer"] / max(deepest, 1),
                                series=s["roles"] + ", " + s["mode"]))
 if sweeps:
     st.subheader("Layer sweeps by relative depth")
-    st.caption("layer / deepest layer in the store's plan; one line per store and role.")
+    st.caption("layer / last layer of the model; one line per store and role.")
     sw = pd.concat(sweeps)
     chart = alt.Chart(sw).mark_line(point=True).encode(
         x=alt.X("depth:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])),
