@@ -192,3 +192,17 @@ def test_other_modes_run_end_to_end(mode, tmp_path, qwen2, corpus_file):
     ds = run_plan(qwen2, plan, [corpus], tmp_path / f"{mode}.zarr", context=32, stride=16, progress=False)
     assert bool(ds["complete"].all()) and (ds["qc_changed"].values[1:] == 1).all()
     assert np.isfinite(ds["loss"].values).all()
+
+
+def test_same_edit_in_two_families_is_kept_and_computed_once(tmp_path, qwen2, corpus_file):
+    """On a 4-layer model a one-layer third is also a sweep entry: both rows, one computation."""
+    cmap = component_map(qwen2.model)
+    plan = plans.resolve(plans.auto_spec(cmap, "study", seeds=2), cmap)
+    corpus = load_corpus(str(corpus_file), qwen2.tokenizer)
+    ds = run_plan(qwen2, plan, [corpus], tmp_path / "s.zarr", context=32, stride=16, progress=False)
+    third = [i for i, c in enumerate(plan.conditions) if c.kind == "thirds" and c.layers == [2]][0]
+    sweep = [i for i, c in enumerate(plan.conditions) if c.kind == "sweep" and c.layers == [2]][0]
+    assert plan.conditions[third].effect_id == plan.conditions[sweep].effect_id
+    np.testing.assert_array_equal(ds["window_nll"].values[third], ds["window_nll"].values[sweep])
+    assert float(ds["elapsed_s"].values[third]) == 0.0 < float(ds["elapsed_s"].values[sweep])
+    assert (ds["kind"].values == "random_matched").sum() == 2  # each trial its own row

@@ -72,10 +72,19 @@ class Condition(_Frozen):
                 "seed": self.seed if self.mode == "resample" else None}
 
     @property
-    def id(self) -> str:
+    def effect_id(self) -> str:
+        """Same for conditions that edit the model identically (their results are shared)."""
         if self.kind == "baseline":
             return "baseline"
         return hashlib.sha256(json.dumps(self.key).encode()).hexdigest()[:12]
+
+    @property
+    def id(self) -> str:
+        """Unique within a plan: the edit, and the family it is reported in (a one-layer third
+        is also a sweep entry, each random trial is its own row; computed once)."""
+        if self.kind == "baseline":
+            return "baseline"
+        return hashlib.sha256(json.dumps([self.key, self.kind, self.group, self.seed]).encode()).hexdigest()[:12]
 
     @property
     def roles(self) -> list[str]:
@@ -111,13 +120,13 @@ class Plan(_Frozen):
         seen = {}
         for c in self.conditions:
             if c.id in seen:
-                raise ValueError(f"conditions {seen[c.id]!r} and {c.label!r} do the same thing")
+                raise ValueError(f"conditions {seen[c.id]!r} and {c.label!r} repeat one another")
             seen[c.id] = c.label
         return self
 
     @property
     def hash(self) -> str:
-        body = json.dumps([c.key for c in self.conditions])
+        body = json.dumps([[c.key, c.kind, c.group, c.seed] for c in self.conditions])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -285,7 +294,8 @@ def resolve(spec: PlanSpec, cmap: ComponentMap) -> Plan:
     for c in spec.conditions:
         validate_condition(c, cmap)
         conds.append(c)
-    # the same condition from two generators (e.g. a one-layer third) is run once
+    # the same edit from two generators (e.g. a one-layer third) is kept in both families;
+    # the runner computes it once. Exact repeats are dropped.
     unique = list({c.id: c for c in reversed(conds)}.values())[::-1]
     return Plan(name=spec.name, conditions=tuple(unique))
 

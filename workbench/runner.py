@@ -116,6 +116,15 @@ class ConditionRunner:
         return lambda ids, windows: iv.run(ids, condition).logits
 
 
+def _completed_twin(out: Path, plan: Plan, index: int) -> int | None:
+    effect = plan.conditions[index].effect_id
+    twins = [j for j, c in enumerate(plan.conditions) if j != index and c.effect_id == effect]
+    if not twins:
+        return None
+    done = store.open_store(out)["complete"].values
+    return next((j for j in twins if done[j]), None)
+
+
 def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | Path, *,
              context: int = 512, stride: int = 256, batch_size: int = 8, reference: Corpus | None = None,
              device: str = "cpu", dtype: str = "float32", seed: int = 0, progress: bool = True,
@@ -153,6 +162,13 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
         t_tok = bar.add_task("tokens", total=total_tokens, rate="")
         for i in todo:
             cond = plan.conditions[i]
+            twin = _completed_twin(out, plan, i)
+            if twin is not None:  # the same edit under another family label: copy, don't recompute
+                store.copy_condition(out, twin, i)
+                bar.advance(t_cond)
+                if on_condition:
+                    on_condition(i, cond)
+                continue
             bar.update(t_cond, description=f"{cond.label[:48]:<48}")
             bar.reset(t_tok, total=total_tokens)
             start, done_tokens = time.perf_counter(), [0]

@@ -153,6 +153,18 @@ def write_condition(path: str | Path, index: int, values: dict[str, np.ndarray])
         path, region=region, mode="r+", **ZARR)
 
 
+RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "qc_changed", "qc_fired",
+               "n_edits", "elapsed_s")
+
+
+def copy_condition(path: str | Path, source: int, index: int) -> None:
+    """Give condition ``index`` the results of ``source`` (the same edit under another label)."""
+    ds = xr.open_zarr(path, **ZARR, consolidated=True)
+    values = {name: ds[name].isel(condition=source).values for name in RESULT_VARS}
+    values["elapsed_s"] = np.array(0.0)
+    write_condition(path, index, values)
+
+
 def provenance_json(ds: xr.Dataset) -> dict:
     out = {}
     for key, value in ds.attrs.items():
