@@ -1,0 +1,234 @@
+"""Training loop, data order, bigram baseline, mini configs; and (slow) the shipped mini models."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from workbench.training.bigram import AddKBigram
+from workbench.training.configs import MINI_MODELS, TokenIds, parameter_counts
+from workbench.training.data import WindowOrder, split_validation, tokenize_documents
+from workbench.training.train import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "data" / "models"
+
+
+def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    return Qwen2ForCausalLM(config)
+
+
+def patterned_tokens(n: int = 4000, seed: int = 0) -> np.ndarray:
+    """A learnable stream: mostly a fixed cycle through 16 tokens, with some noise."""
+    rng = np.random.default_rng(seed)
+    tokens = np.arange(n) % 16
+    noise = rng.random(n) < 0.1
+    tokens[noise] = rng.integers(16, 32, noise.sum())
+    return tokens.astype(np.uint16)
+
+
+def tiny_settings(**kw) -> TrainSettings:
+    base = dict(tokens=4 * 16 * 30, batch_size=4, seq_len=16, lr=1e-2, warmup_fraction=0.1,
+                checkpoint_every=5, eval_every=10, log_every=5)
+    return TrainSettings(**{**base, **kw})
+
+
+# --- training loop ---------------------------------------------------------------------------
+
+def test_loss_decreases():
+    model = tiny_model()
+    settings = tiny_settings()
+    order = WindowOrder(patterned_tokens(), settings.seq_len, seed=0)
+    result = train(model, order, settings, progress=False)
+    assert result.steps == settings.steps == 30
+    assert result.history[0]["loss"] > 3.0  # about log(32) at the start
+    assert result.final_loss < result.history[0]["loss"] - 1.0
+
+
+def test_resume_continues_identically(tmp_path):
+    settings = tiny_settings(tokens=4 * 16 * 12)
+    order = WindowOrder(patterned_tokens(), settings.seq_len, seed=3)
+
+    straight = tiny_model()
+    train(straight, order, settings, checkpoint=tmp_path / "a.pt", progress=False)
+
+    interrupted = tiny_model()
+    first = train(interrupted, order, settings, checkpoint=tmp_path / "b.pt", stop_after=5, progress=False)
+    assert first.steps == 5
+    resumed = tiny_model()  # a fresh process would rebuild the model before loading the checkpoint
+    second = train(resumed, order, settings, checkpoint=tmp_path / "b.pt", resume=True, progress=False)
+    assert second.steps == settings.steps
+
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    settings = tiny_settings(tokens=4 * 16 * 6)
+    order = WindowOrder(patterned_tokens(), settings.seq_len)
+    train(tiny_model(), order, settings, checkpoint=tmp_path / "c.pt", stop_after=5, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny_model(), order, tiny_settings(tokens=4 * 16 * 6, lr=5e-3), checkpoint=tmp_path / "c.pt",
+              resume=True, progress=False)
+
+
+def test_lr_schedule():
+    s = TrainSettings(tokens=100 * 8 * 512, batch_size=8, lr=1e-3, warmup_fraction=0.1, min_lr_ratio=0.1)
+    assert s.steps == 100 and s.warmup_steps == 10
+    assert s.lr_at(0) == pytest.approx(1e-4)
+    assert s.lr_at(9) == pytest.approx(1e-3)
+    assert s.lr_at(99) == pytest.approx(1e-4, rel=0.01)
+    assert all(s.lr_at(i) >= s.lr_at(i + 1) for i in range(10, 99))
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def test_window_order_covers_each_window_once_per_epoch():
+    tokens = np.arange(16 * 10 + 1, dtype=np.uint16)
+    order = WindowOrder(tokens, seq_len=16, seed=7)
+    assert order.n_windows == 10
+    first = order.window_ids(0, 10)
+    assert sorted(first) == list(range(10))
+    assert list(order.window_ids(0, 10)) == list(first)  # a pure function of the position
+    assert sorted(order.window_ids(10, 10)) == list(range(10))  # next epoch, new permutation
+    batch = order.batch(1, 3)
+    assert batch.shape == (3, 17)
+    for row, w in zip(batch, order.window_ids(3, 3)):
+        assert list(row) == list(range(w * 16, w * 16 + 17))  # inputs and targets overlap by one
+
+
+def test_split_validation_takes_the_tail():
+    tokens = np.arange(1000)
+    train_part, val = split_validation(tokens, 100)
+    assert list(val) == list(range(900, 1000)) and len(train_part) == 900
+
+
+def test_tokenize_documents_separates_with_eot():
+    from workbench.tokenization import byte_tokenizer
+
+    tok = byte_tokenizer()
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    ids = tokenize_documents(["ab", "c"], tok, eot)
+    assert list(ids) == tok("ab")["input_ids"] + [eot] + tok("c")["input_ids"] + [eot]
+
+
+# --- bigram -------------------------------------------------------------------------------------
+
+def test_bigram_matches_direct_count_formula():
+    rng = np.random.default_rng(0)
+    V, k = 7, 0.3
+    train_seqs = [rng.integers(0, V, 50) for _ in range(4)]
+    test_ids = rng.integers(0, V, 40)
+    pairs, contexts = Counter(), Counter()
+    for seq in train_seqs:
+        for a, b in zip(seq[:-1], seq[1:]):
+            pairs[a, b] += 1
+            contexts[a] += 1
+    expected = -np.mean([math.log((pairs[a, b] + k) / (contexts[a] + k * V))
+                         for a, b in zip(test_ids[:-1], test_ids[1:])])
+    bigram = AddKBigram(V, k=k).fit(train_seqs)
+    score = bigram.score(test_ids, n_bytes=80)
+    assert bigram.n_pairs == 4 * 49
+    assert score.n_tokens == 39
+    assert score.loss == pytest.approx(expected, rel=1e-12)
+    assert score.bits_per_byte == pytest.approx(expected * 39 / math.log(2) / 80)
+    # probabilities of each context sum to one
+    probs = (bigram.counts + k) / (bigram.counts.sum(1, keepdims=True) + k * V)
+    assert np.allclose(probs.sum(1), 1.0)
+
+
+def test_bigram_k_minimises_validation_loss():
+    rng = np.random.default_rng(1)
+    V = 50
+    stream = rng.zipf(1.5, 3000) % V
+    bigram = AddKBigram(V).fit([stream[:2000]])
+    k = bigram.select_k(stream[2000:])
+    best = bigram.score(stream[2000:]).loss
+    for other in (k / 3, k * 3, 1e-4, 10.0):
+        assert AddKBigram(V, k=other).fit([stream[:2000]]).score(stream[2000:]).loss >= best - 1e-9
+
+
+# --- mini configs ----------------------------------------------------------------------------------
+
+def test_mini_configs_shapes_and_matched_sizes():
+    ids = TokenIds(vocab_size=4096, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    counts = {}
+    for name, spec in MINI_MODELS.items():
+        config = spec.config(ids)
+        with torch.device("meta"):
+            model = spec.model_class(config)
+        counts[name] = parameter_counts(model)["non_embedding"]
+        assert config.tie_word_embeddings
+    q35 = MINI_MODELS["mini-qwen3.5"].config(ids)
+    assert q35.num_hidden_layers % 4 == 0
+    assert q35.layer_types == ["linear_attention"] * 3 + ["full_attention"] + \
+        ["linear_attention"] * 3 + ["full_attention"]
+    assert max(counts.values()) <= 1.10 * min(counts.values()), counts
+
+
+# --- shipped models (slow) ----------------------------------------------------------------------
+
+def shipped_cards() -> dict[str, dict]:
+    if not MODELS_DIR.exists():
+        return {}
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(MODELS_DIR.glob("*/card.json"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MINI_MODELS))
+def test_shipped_model_matches_its_card(name):
+    """load_model(name) reproduces the card's held-out losses.
+
+    Re-scoring every window of five sets for three models takes minutes on 2 cores, so this
+    re-scores the first, middle and last window of each set and checks them against the
+    per-window sums in the card; the card's loss must equal those sums' mean.
+    """
+    from workbench.corpora import load_corpus
+    from workbench.evaluate.perplexity import plain_forward, rolling_windows, score_windows
+    from workbench.loading import load_model
+
+    card = shipped_cards().get(name)
+    if card is None:
+        pytest.skip(f"{name} is not trained (run `workbench train {name}`)")
+    loaded = load_model(name)
+    assert type(loaded.model).__name__ == card["model_class"]
+    proto = card["protocol"]
+    for corpus_name, expected in card["heldout"].items():
+        corpus = load_corpus(corpus_name, loaded.tokenizer)
+        windows = rolling_windows(len(corpus.ids), proto["context"], proto["stride"])
+        stored = card["heldout_windows"][corpus_name]
+        assert sum(w.n_scored for w in windows) == expected["n_tokens"], \
+            f"{corpus_name}: the loaded tokenizer splits the text differently from training"
+        assert expected["loss"] == pytest.approx(sum(stored["nll"]) / sum(stored["tokens"]), abs=1e-9)
+        picks = sorted({0, len(windows) // 2, len(windows) - 1})
+        nll, count = score_windows(plain_forward(loaded.model), corpus.ids, [windows[i] for i in picks],
+                                   batch_size=proto["batch_size"])
+        for i, got, n in zip(picks, nll, count):
+            assert n == stored["tokens"][i]
+            assert got / n == pytest.approx(stored["nll"][i] / n, abs=1e-3), (corpus_name, i)
+
+
+@pytest.mark.slow
+def test_shipped_models_meet_quality_bar():
+    from workbench.training.card import MAX_LOSS_SPREAD, gains, loss_spread
+
+    cards = shipped_cards()
+    cards = [cards[n] for n in MINI_MODELS if n in cards]
+    if len(cards) < len(MINI_MODELS):
+        pytest.skip("not all mini models are trained")
+    for card in cards:
+        for corpus_name, gain in gains(card).items():
+            assert gain >= 0.25, (card["name"], corpus_name, gain)
+    for corpus_name, spread in loss_spread(cards).items():
+        assert spread <= MAX_LOSS_SPREAD, (corpus_name, spread)
