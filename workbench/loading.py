@@ -80,8 +80,32 @@ def _load_dir(path: Path, device, dtype, *, gguf_file: str | None = None):
         config = config.text_config
         kwargs["config"] = config
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if gguf_file:
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    else:
+        tokenizer = load_tokenizer(path)
     return _finish(model, device, dtype), tokenizer
+
+
+GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer saved in a model folder.
+
+    A folder saved with a generic fast tokenizer gets exactly its tokenizer.json back:
+    `AutoTokenizer` would pick the class of the config's model_type instead (transformers 5 turns
+    a `qwen2` folder into `Qwen2Tokenizer`, whose own pre-tokenizer and NFC normaliser split text
+    differently from the tokenizer the model was trained with).
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_file = Path(path) / "tokenizer_config.json"
+    if (Path(path) / "tokenizer.json").exists() and config_file.exists():
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+        if declared in GENERIC_TOKENIZERS:
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _from_hub_cache(spec: str, device, dtype, revision: str | None):

@@ -96,8 +96,10 @@ def render(card: dict) -> str:
         "(the same windows in the same order for every shipped model)",
         f"- tokens trained: {_fmt_int(t['tokens'])} ({_fmt_int(t['steps'])} steps x batch {t['batch_size']} x "
         f"sequence length {t['seq_len']})",
-        f"- optimiser: AdamW (betas {t['betas']}, weight decay {t['weight_decay']} on matrices), peak lr {t['lr']}, "
-        f"linear warmup {t['warmup_steps']} steps, cosine decay to {t['min_lr_ratio']} x peak, "
+        f"- optimiser: AdamW (betas {t['betas']}, weight decay {t['weight_decay']} on matrices), peak lr {t['lr']} "
+        f"(embedding x{t.get('embedding_lr_scale', 1.0):g}), "
+        + (f"{t['cycles']} cosine cycles with warm restarts, each with " if t.get("cycles", 1) > 1 else "")
+        + f"linear warmup {t['warmup_steps']} steps, cosine decay to {t['min_lr_ratio']} x peak, "
         f"gradient clipping at {t['grad_clip']}, {'bf16 autocast' if t['bf16'] else 'float32'}",
         f"- final training loss {t['final_loss']:.4f}, validation loss {t['val_loss']:.4f}"
         if t.get("val_loss") is not None else f"- final training loss {t['final_loss']:.4f}",

@@ -34,21 +34,21 @@ def default_paths() -> dict[str, Path]:
     }
 
 
+def _display_path(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def token_ids(tokenizer) -> TokenIds:
     return TokenIds(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def shipped_tokenizer(model_dir: Path):
-    """The tokenizer saved with a model, read from its tokenizer.json exactly as trained.
+    """The tokenizer saved with a model, read from its tokenizer.json exactly as trained."""
+    from workbench.loading import load_tokenizer
 
-    `AutoTokenizer` is not used on purpose: for `model_type: qwen2` transformers 5 substitutes
-    `Qwen2Tokenizer`, which rebuilds the pre-tokenizer with Qwen's own regex and an NFC normaliser
-    and so splits text differently from the workbench tokenizer the model was trained with.
-    """
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    return load_tokenizer(Path(model_dir))
 
 
 def evaluate_heldout(model_dir: Path, sets=HELDOUT_SETS) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -91,8 +91,10 @@ def bigram_baseline(order: WindowOrder, n_windows: int, val_tokens: np.ndarray, 
 
 
 def reproduce_command(name: str, settings: TrainSettings, threads: int) -> str:
-    args = ["workbench", "train", name, "--tokens", str(settings.tokens), "--batch-size", str(settings.batch_size),
-            "--lr", f"{settings.lr:g}", "--threads", str(threads)]
+    args = ["workbench", "train", name, "--tokens", str(settings.tokens), "--cycles", str(settings.cycles),
+            "--batch-size", str(settings.batch_size),
+            "--lr", f"{settings.lr:g}", "--embedding-lr-scale", f"{settings.embedding_lr_scale:g}",
+            "--threads", str(threads)]
     args.append("--bf16" if settings.bf16 else "--fp32")
     return shlex.join(args)
 
@@ -107,7 +109,8 @@ def train_mini(name: str, settings: TrainSettings, threads: int = 2, out_root: P
     spec = MINI_MODELS[name]
     for key in ("corpus", "tokenizer"):
         if not Path(paths[key]).exists():
-            raise FileNotFoundError(f"{key} not found at {paths[key]}; build the data first (workbench data build)")
+            raise FileNotFoundError(f"{key} not found at {paths[key]}; build the data first "
+                                    "(workbench data build)")
     torch.set_num_threads(threads)
 
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
@@ -155,7 +158,7 @@ def train_mini(name: str, settings: TrainSettings, threads: int = 2, out_root: P
             "tokens_per_s": result.tokens / result.wall_time_s if result.wall_time_s else None,
             "final_loss": result.final_loss,
             "val_loss": result.val_loss,
-            "corpus": str(Path(paths["corpus"]).relative_to(REPO_ROOT)) if Path(paths["corpus"]).is_relative_to(REPO_ROOT) else str(paths["corpus"]),
+            "corpus": _display_path(Path(paths["corpus"])),
             "corpus_sha256": hashlib.sha256(Path(paths["corpus"]).read_bytes()).hexdigest(),
             "corpus_tokens": int(len(stream)),
             "validation_tokens": int(len(val_part)),

@@ -23,12 +23,14 @@ from workbench.training.data import WindowOrder
 @dataclass
 class TrainSettings:
     tokens: int  # target tokens to train on (rounded up to whole steps)
+    cycles: int = 1  # cosine cycles with warm restarts, of tokens / cycles each
     batch_size: int = 16
     seq_len: int = 512
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_fraction: float = 0.05
     weight_decay: float = 0.1
+    embedding_lr_scale: float = 1.0  # the (tied) embedding's lr relative to the rest
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     seed: int = 0  # data order and initialisation
@@ -42,18 +44,28 @@ class TrainSettings:
         return self.batch_size * self.seq_len
 
     @property
+    def cycle_steps(self) -> int:
+        return max(1, math.ceil(self.tokens / self.cycles / self.tokens_per_step))
+
+    @property
     def steps(self) -> int:
-        return max(1, math.ceil(self.tokens / self.tokens_per_step))
+        return self.cycles * self.cycle_steps
 
     @property
     def warmup_steps(self) -> int:
-        return max(1, round(self.warmup_fraction * self.steps))
+        """Warmup of each cycle."""
+        return max(1, round(self.warmup_fraction * self.cycle_steps))
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for update number `step` (0-based)."""
+        """Learning rate for update number `step` (0-based): linear warmup then cosine, per cycle.
+
+        With cycles > 1 the schedule restarts (SGDR): training 2N tokens in 2 cycles begins
+        exactly like training N tokens in 1, so a finished run can be continued (see `resumable`).
+        """
+        step = step % self.cycle_steps
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.cycle_steps - self.warmup_steps)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
 
@@ -64,6 +76,23 @@ class TrainSettings:
             d.pop(k)
         d["betas"] = list(d["betas"])
         return d
+
+    @classmethod
+    def from_key(cls, key: dict) -> "TrainSettings":
+        return cls(**{**key, "betas": tuple(key["betas"])})
+
+    def resumable(self, key: dict, step: int) -> list[str]:
+        """Why a checkpoint made with settings `key`, at `step`, cannot continue under these
+        settings (empty if it can): everything but the length must match, and the learning rates
+        of the steps already taken must be the ones these settings would have used."""
+        mine = self.schedule_key()
+        key = {"cycles": 1, "embedding_lr_scale": 1.0, **key}  # fields added after early checkpoints
+        why = [k for k in mine if k not in ("tokens", "cycles") and key.get(k) != mine[k]]
+        if not why:
+            theirs = TrainSettings.from_key(key)
+            if step > self.steps or any(theirs.lr_at(i) != self.lr_at(i) for i in range(step)):
+                why.append("learning-rate schedule (tokens, cycles)")
+        return why
 
 
 @dataclass
@@ -77,16 +106,21 @@ class TrainResult:
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
-    """AdamW; no weight decay on vectors (norm weights, biases, SSM A/D/dt) or the embedding."""
+    """AdamW with three groups: matrices (decayed); vectors (norm weights, biases, SSM A/D/dt; not
+    decayed); the embedding (not decayed, lr x embedding_lr_scale)."""
     emb = {id(p) for p in model.get_input_embeddings().parameters()}
-    decay, no_decay, seen = [], [], set()
+    decay, no_decay, embedding, seen = [], [], [], set()
     for p in model.parameters():
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        (decay if p.ndim >= 2 and id(p) not in emb else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) in emb:
+            embedding.append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+              {"params": embedding, "weight_decay": 0.0, "lr_scale": settings.embedding_lr_scale}]
     return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=1e-8)
 
 
@@ -128,9 +162,9 @@ def save_checkpoint(path: Path, model, optimizer, step: int, elapsed: float, his
 
 def load_checkpoint(path: Path, model, optimizer, settings: TrainSettings) -> tuple[int, float, list]:
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["settings"] != settings.schedule_key():
-        changed = sorted(k for k in settings.schedule_key() if state["settings"].get(k) != settings.schedule_key()[k])
-        raise ValueError(f"checkpoint {path} was made with different settings ({', '.join(changed)}); "
+    why = settings.resumable(state["settings"], state["step"])
+    if why:
+        raise ValueError(f"checkpoint {path} was made with different settings ({', '.join(why)}); "
                          "pass the same options, or start afresh without --resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -157,7 +191,7 @@ def train(model: torch.nn.Module, order: WindowOrder, settings: TrainSettings,
     while step < end:
         lr = settings.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         loss = batch_loss(model, order.batch(step, settings.batch_size), settings.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
