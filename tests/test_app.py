@@ -39,7 +39,8 @@ def runs(tmp_path_factory):
 
     spec = plans.auto_spec(cmap, "study", seeds=2)
     spec = spec.model_copy(update={"generators": [
-        *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=4)]})
+        *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=4),
+        plans.RandomSpec(kind="random_matched", size=3, pool=["attention"], seeds=2)]})
     run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr", **kw)
     run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "groups"), cmap), [corpus],
              folder / "control" / "groups.zarr", **kw)
@@ -152,9 +153,9 @@ def test_conditions_page(runs):
     assert {"attention off, layers 0-3, zero", "attention off, layer 1, zero"} <= labels
     control = next(f.value for f in at.dataframe if "control" in f.value)
     n_trials = int((ad.read_results(runs / "study.zarr")["kind"] == "random_matched").sum())
-    # two random controls: 4 of 4 attention layers (2 seeds) and 2 of 4 (4 seeds), every trial kept
+    # two random controls: 3 of 4 attention layers (2 seeds) and 2 of 4 (4 seeds), every trial kept
     assert n_trials == 6 and sorted(control["n"].tolist()) == [2, 4]
-    assert {"2 random from attention, zero", "4 random from attention, zero"} == set(control["control"])
+    assert {"2 random from attention, zero", "3 random from attention, zero"} == set(control["control"])
     assert len(at.get("vega_lite_chart")) == 4
 
     at.multiselect[1].set_value([]).run()  # no mode picked: nothing to draw, no crash

@@ -47,6 +47,26 @@ def test_random_matched_is_reproducible_and_sized(falcon):
         random_matched(falcon, 99, ["ssm"], 1)
 
 
+def test_random_matched_draws_are_distinct(falcon):
+    """Pool of 6 SSMs, 5 of them: only 6 distinct sets. Ten independent draws would repeat; the
+    generator redraws repeats, so six seeds give all six sets, and seven are refused."""
+    draws = random_matched(falcon, 5, ["ssm"], 6)
+    assert len({c.targets for c in draws}) == 6
+    assert draws[0].targets == random_matched(falcon, 5, ["ssm"], [0])[0].targets  # first draw unchanged
+    with pytest.raises(PlanError, match="only 6 distinct set"):
+        random_matched(falcon, 5, ["ssm"], 7)
+    with pytest.raises(PlanError, match="repeat a seed"):
+        random_matched(falcon, 2, ["ssm"], [3, 3])
+
+
+def test_study_preset_has_no_forced_random_controls():
+    """A Transformer's only mixer pool is its attention group: a 'random' set of that size is the
+    group itself, so the study preset leaves that control out."""
+    qwen2 = component_map(load_model("random:qwen2").model)
+    kinds = {c.kind for c in resolve(auto_spec(qwen2, "study"), qwen2).conditions}
+    assert "random_matched" not in kinds and "group" in kinds
+
+
 def test_plan_round_trip_and_hash(falcon):
     plan = resolve(auto_spec(falcon, "study", seeds=3), falcon)
     again = Plan.model_validate_json(plan.to_json())

@@ -197,7 +197,10 @@ def test_other_modes_run_end_to_end(mode, tmp_path, qwen2, corpus_file):
 def test_same_edit_in_two_families_is_kept_and_computed_once(tmp_path, qwen2, corpus_file):
     """On a 4-layer model a one-layer third is also a sweep entry: both rows, one computation."""
     cmap = component_map(qwen2.model)
-    plan = plans.resolve(plans.auto_spec(cmap, "study", seeds=2), cmap)
+    spec = plans.auto_spec(cmap, "study")
+    spec = spec.model_copy(update={"generators": [
+        *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=2)]})
+    plan = plans.resolve(spec, cmap)
     corpus = load_corpus(str(corpus_file), qwen2.tokenizer)
     ds = run_plan(qwen2, plan, [corpus], tmp_path / "s.zarr", context=32, stride=16, progress=False)
     third = [i for i, c in enumerate(plan.conditions) if c.kind == "thirds" and c.layers == [2]][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from math import comb
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -221,9 +222,21 @@ def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str =
         raise PlanError(f"random_matched size {size} must be between 1 and the pool size {len(candidates)}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     tag = "+".join(pool)
-    out = []
+    if len(set(seeds)) < len(seeds):
+        raise PlanError(f"random_matched seeds {seeds} repeat a seed; each seed is one draw")
+    n_sets = comb(len(candidates), size)
+    if len(seeds) > n_sets:
+        raise PlanError(f"random_matched: {len(seeds)} seeds but only {n_sets} distinct set(s) of {size} "
+                        f"among the {len(candidates)} {tag} candidates; use at most {n_sets} seeds")
+    out, drawn = [], set()
     for s in seeds:
-        pick = np.random.default_rng(s).choice(len(candidates), size=size, replace=False)
+        # Distinct sets: a draw an earlier seed already made is redrawn from the same stream,
+        # so every trial is a different control and the result depends only on the seed list.
+        rng = np.random.default_rng(s)
+        pick = tuple(sorted(rng.choice(len(candidates), size=size, replace=False)))
+        while pick in drawn:
+            pick = tuple(sorted(rng.choice(len(candidates), size=size, replace=False)))
+        drawn.add(pick)
         targets = tuple(sorted((candidates[i] for i in pick), key=lambda t: (t.layer, t.role)))
         out.append(Condition(targets=targets, mode=mode, seed=s, kind="random_matched",
                              group=f"random:{size}of{tag}",
@@ -323,13 +336,26 @@ def auto_spec(cmap: ComponentMap, name: str, mode: str = "zero", seeds: int = 10
         gens = ([GroupSpec(kind="group", role=r) for r in mixers]
                 + [SweepSpec(kind="sweep", roles=mixers)]
                 + [ThirdsSpec(kind="thirds", role=r) for r in mixers if len(cmap.layers_of(r)) >= 3]
-                + [RandomSpec(kind="random_matched", size=r, pool=mixers, seeds=seeds) for r in mixers])
+                + _random_controls(cmap, mixers, seeds))
     elif name == "smoke":
         gens = [GroupSpec(kind="group", role=r) for r in mixers]
         gens.append(RandomSpec(kind="random_matched", size=1, pool=mixers, seeds=2))
     else:
         raise PlanError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     return PlanSpec(name=name, mode=mode, generators=gens)
+
+
+def _random_controls(cmap: ComponentMap, mixers: list[str], seeds: int) -> list[RandomSpec]:
+    """One random-matched control per mixer role, sized like its group and drawn from all mixers;
+    none where the draw is forced (a Transformer's only pool is its attention group), and no more
+    trials than there are distinct sets."""
+    n_pool = sum(len(cmap.layers_of(r)) for r in mixers)
+    out = []
+    for r in mixers:
+        n_sets = comb(n_pool, len(cmap.layers_of(r)))
+        if n_sets > 1:
+            out.append(RandomSpec(kind="random_matched", size=r, pool=mixers, seeds=min(seeds, n_sets)))
+    return out
 
 
 PRESETS = ("smoke", "groups", "sweep", "study")
