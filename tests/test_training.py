@@ -262,8 +262,8 @@ def test_shipped_models_meet_quality_bar():
 
 def test_shipped_models_share_their_training_tokens():
     """Same corpus, same windows in the same order, same token count, same tokenizer; the card's
-    reproduce command is the shipped recipe of configs.training_defaults."""
-    from workbench.training.configs import training_defaults
+    recipe is the shipped one (configs.TRAINING)."""
+    from workbench.training.configs import TRAINING
 
     shipped = shipped_cards()
     assert set(MINI_MODELS) <= set(shipped), f"not in data/models: {sorted(set(MINI_MODELS) - set(shipped))}"
@@ -273,9 +273,8 @@ def test_shipped_models_share_their_training_tokens():
     tokenizers = {(MODELS_DIR / name / "tokenizer.json").read_bytes() for name in shipped}
     assert len(tokenizers) == 1
     for name, card in shipped.items():
-        recipe = training_defaults(name)
         for key in ("cycles", "batch_size", "lr", "embedding_lr_scale", "bf16"):
-            assert card["training"][key] == recipe[key], (name, key)
+            assert card["training"][key] == TRAINING[key], (name, key)
 
 
 def test_readme_table_matches_the_cards():

@@ -25,7 +25,7 @@ def train_cli(
 ):
     """Train the mini models from scratch on build/corpus/train.txt, evaluate them, write their cards."""
     from workbench.training.card import loss_spread, meets_bigram_bar
-    from workbench.training.configs import MINI_MODELS, training_defaults
+    from workbench.training.configs import MINI_MODELS, TRAINING
     from workbench.training.pipeline import train_mini
     from workbench.training.train import TrainSettings
 
@@ -37,8 +37,8 @@ def train_cli(
              "embedding_lr_scale": embedding_lr_scale, "bf16": bf16, "threads": threads}
     cards = []
     for name in names:
-        # the model's shipped recipe (configs.training_defaults), then whatever was given here
-        recipe = {**training_defaults(name), **{k: v for k, v in given.items() if v is not None}}
+        # the shipped recipe (configs.TRAINING), then whatever was given here
+        recipe = {**TRAINING, **{k: v for k, v in given.items() if v is not None}}
         threads_used = recipe.pop("threads")
         settings = TrainSettings(**recipe)
         card = train_mini(name, settings, threads=threads_used, out_root=out, resume=resume, progress=progress)

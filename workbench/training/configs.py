@@ -173,7 +173,6 @@ def qwen2_config(
     intermediate_size: int = 800,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
-    rope_theta: float = 1_000_000.0,
 ) -> Qwen2Config:
     """Qwen2.5, the Transformer control: attention (biased Q/K/V) and a SwiGLU MLP per layer.
 
@@ -189,7 +188,7 @@ def qwen2_config(
         num_key_value_heads=num_key_value_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=True,
         use_sliding_window=False,
         bos_token_id=ids.bos_token_id,
@@ -208,7 +207,6 @@ class MiniModel:
     topology: str  # "sequential" or "parallel" hybrid, or "transformer"
     published: str  # the published model it scales down
     shape: dict = field(default_factory=dict)  # overrides of the make_config defaults
-    training: dict = field(default_factory=dict)  # overrides of TRAINING for this model
 
     def config(self, ids: TokenIds) -> PretrainedConfig:
         return self.make_config(ids, **self.shape)
@@ -254,7 +252,6 @@ def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
 # and 5e-3. A first run of 2M tokens in one cycle left the Transformer control just at the
 # bigram bar (25.1% on encyclopedic), so the recipe is two cosine cycles of 2M tokens each: the
 # first cycle is exactly that first run, and a finished first cycle continues into the second.
-# A model's `training` entry above would override this (none does).
 TRAINING = {
     "tokens": 4_000_000,
     "cycles": 2,
@@ -266,7 +263,3 @@ TRAINING = {
     "threads": 1,
 }
 
-
-def training_defaults(name: str) -> dict:
-    """The shipped recipe of one model: TRAINING with that model's overrides."""
-    return {**TRAINING, **MINI_MODELS[name].training}

@@ -44,27 +44,19 @@ def token_ids(tokenizer) -> TokenIds:
                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def shipped_tokenizer(model_dir: Path):
-    """The tokenizer saved with a model, read from its tokenizer.json exactly as trained."""
-    from workbench.loading import load_tokenizer
-
-    return load_tokenizer(Path(model_dir))
-
-
 def evaluate_heldout(model_dir: Path, sets=HELDOUT_SETS) -> tuple[dict[str, dict], dict[str, dict]]:
     """Held-out results of the saved weights as `load_model` loads them, and the per-window NLLs.
 
-    The per-window sums let a test re-score a few windows instead of whole sets.
+    The per-window sums go into the card for statistics over windows (bootstrap intervals).
     """
     from workbench.corpora import load_corpus
     from workbench.evaluate.perplexity import perplexity
     from workbench.loading import load_model
 
     loaded = load_model(str(model_dir))
-    tokenizer = shipped_tokenizer(model_dir)
     results, windows = {}, {}
     for name in sets:
-        corpus = load_corpus(name, tokenizer)
+        corpus = load_corpus(name, loaded.tokenizer)
         r = perplexity(loaded.model, corpus.ids, context=PROTOCOL["context"], stride=PROTOCOL["stride"],
                        batch_size=PROTOCOL["batch_size"], n_bytes=corpus.n_bytes)
         results[name] = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte,
