@@ -23,8 +23,10 @@ def _qc_colour(row: pd.Series) -> list[str]:
 def summary_table(summary: pd.DataFrame, corpora: list[str]):
     """The summary frame, metrics grouped by kind across corpora, QC rows coloured."""
     metric_cols = [f"{m}:{c}" for m in METRICS for c in corpora]
-    table = summary[["label", "kind", "mode", "roles", "layers", "seed", *metric_cols, "qc", "id"]].copy()
-    table["seed"] = [str(s) if s >= 0 else "" for s in table["seed"]]  # -1 means "no seed"
+    table = summary[["label", "kind", "mode", "roles", "layers", "draw_seed", "donor_seed", *metric_cols,
+                     "qc", "id"]].copy()
+    for col in ("draw_seed", "donor_seed"):
+        table[col] = [str(s) if s >= 0 else "" for s in table[col]]  # -1 means "no seed"
     return (table.style.apply(_qc_colour, axis=1)
             .format({c: "{:.2f}" if c.startswith("perplexity") else "{:.4f}" for c in metric_cols}, na_rep=""))
 

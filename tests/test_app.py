@@ -100,7 +100,7 @@ def test_home_lists_stores_and_shows_summary(runs):
     assert "2/5" in set(listing["conditions"])
     labels = all_labels(at)
     assert {"baseline (no ablation)", "attention off, layers 0-3, zero", "attention off, layer 2, zero",
-            "attention off (early third), layers 0-1, zero", "random 2 of attention, seed 0, zero"} <= labels
+            "attention off (early third), layers 0-1, zero", "random 2 of attention, draw seed 0, zero"} <= labels
     assert "random:qwen2" in texts(at, "markdown") + texts(at, "header")
     assert not at.error  # every condition of this store passed QC
 

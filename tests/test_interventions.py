@@ -136,7 +136,7 @@ def test_mean_and_resample_match_hooks(family, tiny):
     ref = _hooked_logits(model, mixer.path, lambda x: mean.to(x.dtype).expand_as(x), ids)
     torch.testing.assert_close(got.logits, ref, atol=1e-6, rtol=0)
 
-    cond = Condition(targets=cond.targets, mode="resample", seed=0)
+    cond = Condition(targets=cond.targets, mode="resample", donor_seed=0)
     donor = iv.outputs(donor_ids, [mixer])
     got = iv.run(ids, cond, donor=donor)
     ref = _hooked_logits(model, mixer.path, lambda x: captured[1], ids)
@@ -152,7 +152,7 @@ def test_missing_means_or_donor_is_an_error():
     with pytest.raises(InterventionError, match="reference means"):
         iv.run(_ids(), cond)
     with pytest.raises(InterventionError, match="donor"):
-        iv.run(_ids(), Condition(targets=cond.targets, mode="resample", seed=1))
+        iv.run(_ids(), Condition(targets=cond.targets, mode="resample", donor_seed=1))
 
 
 def test_edits_follow_forward_order_in_parallel_blocks():

@@ -42,7 +42,7 @@ def test_random_matched_is_reproducible_and_sized(falcon):
     assert [c.targets for c in a] == [c.targets for c in b]
     assert all(len(c.targets) == 6 for c in a)
     assert len({c.targets for c in a}) == 5
-    assert [c.seed for c in random_matched(falcon, 2, ["ssm"], [7, 9])] == [7, 9]
+    assert [c.draw_seed for c in random_matched(falcon, 2, ["ssm"], [7, 9])] == [7, 9]
     with pytest.raises(PlanError, match="pool size"):
         random_matched(falcon, 99, ["ssm"], 1)
 
@@ -101,7 +101,7 @@ def test_spec_file(tmp_path, qwen35):
     path = tmp_path / "plan.yaml"
     path.write_text("name: mine\nmode: zero\ngenerators:\n  - {kind: group, role: attention}\n"
                     "  - {kind: thirds, role: linear_attention, mode: mean}\n"
-                    "conditions:\n  - {targets: [{layer: 3, role: attention}], mode: resample, seed: 4}\n")
+                    "conditions:\n  - {targets: [{layer: 3, role: attention}], mode: resample, donor_seed: 4}\n")
     plan = resolve(load_spec(path), qwen35)
     assert [c.kind for c in plan.conditions] == ["baseline", "group", "thirds", "thirds", "thirds", "custom"]
     bad = tmp_path / "bad.yaml"

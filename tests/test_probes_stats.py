@@ -38,7 +38,8 @@ def fake_store(seed=0, n_windows=(40, 25)):
         coords={"condition": cond, "corpus": ["news", "books"], "kind": ("condition", kinds),
                 "group": ("condition", groups), "label": ("condition", cond), "mode": ("condition", ["zero"] * n_c),
                 "roles": ("condition", [""] * n_c), "layers": ("condition", [""] * n_c),
-                "seed": ("condition", [-1, -1, -1, 0, 1, 2])})
+                "draw_seed": ("condition", [-1, -1, -1, 0, 1, 2]),
+                "donor_seed": ("condition", [-1] * n_c)})
 
 
 def test_baseline_against_itself_is_exactly_one():

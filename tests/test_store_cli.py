@@ -99,7 +99,8 @@ def test_store_losses_match_direct_perplexity(made_store, corpus_file):
 
     loaded = load_model("random:qwen2")
     corpus = load_corpus(str(corpus_file), loaded.tokenizer)
-    ref = perplexity(loaded.model, corpus.ids, context=32, stride=16)
+    scored = corpus.ids[:-16 * 32]  # the default reference: the last 16 x context tokens, not scored
+    ref = perplexity(loaded.model, scored, context=32, stride=16)
     ds = open_store(made_store)
     assert float(ds["loss"].sel(condition="baseline", corpus="tale")) == pytest.approx(ref.loss, abs=1e-6)
 
@@ -113,7 +114,7 @@ def test_bad_input_clear_error_and_store_untouched(case, made_store, corpus_file
     expect = {"unknown model": "unknown model 'no-such-model'", "layer out of range": "out of range",
               "role absent": "role 'ssm' is absent", "empty corpus": "is empty",
               "missing corpus": "not found", "malformed plan": "malformed plan",
-              "different plan": "holds a different run", "bad mode": "unknown mode"}[case]
+              "different plan": "was written with a different setup (plan: store", "bad mode": "unknown mode"}[case]
     if case == "unknown model":
         args[1] = "no-such-model"
     elif case in ("layer out of range", "role absent", "malformed plan"):

@@ -236,7 +236,7 @@ def test_shipped_model_matches_its_card(name):
         for corpus_name, expected in card["heldout"].items():
             corpus = load_corpus(corpus_name, loaded.tokenizer)
             res = perplexity(loaded.model, corpus.ids, context=proto["context"], stride=proto["stride"],
-                             batch_size=proto["batch_size"], n_bytes=corpus.n_bytes)
+                             batch_size=proto["batch_size"], n_bytes=corpus.scored_bytes())
             assert res.n_tokens == expected["n_tokens"], \
                 f"{corpus_name}: the loaded tokenizer splits the text differently from training"
             assert res.loss == pytest.approx(expected["loss"], abs=1e-3), corpus_name

@@ -20,7 +20,8 @@ from workbench.store import StoreError, open_store, provenance_json
 DEFAULT_RUNS = "runs"
 RESULT_DIMS = {"condition", "corpus", "window"}  # summary-level variables; activations stay on disk
 N_BOOT = 2000
-CONDITION_COLUMNS = ["id", "label", "kind", "mode", "group", "roles", "layers", "seed", "n_targets"]
+CONDITION_COLUMNS = ["id", "label", "kind", "mode", "group", "roles", "layers", "draw_seed", "donor_seed",
+                     "n_targets"]
 
 
 # --- finding and reading stores -----------------------------------------------------------
@@ -153,7 +154,7 @@ def provenance_table(ds: xr.Dataset) -> pd.DataFrame:
     prov = provenance_json(ds)
     rows = []
     for key in ("model", "model_type", "model_source", "model_revision", "config_hash", "protocol",
-                "reference_corpus", "seed", "device", "dtype", "created", "git_commit", "versions",
+                "reference_corpus", "donor_seed", "device", "dtype", "created", "git_commit", "versions",
                 "plan_hash", "format"):
         if key in prov:
             value = prov[key]

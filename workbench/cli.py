@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -66,6 +67,25 @@ def components(
     out.print("counts: " + ", ".join(f"{r}={n}" for r, n in cmap.counts().items()))
 
 
+def _check_numbers(**values) -> None:
+    """Every numeric option, before anything loads or is created."""
+    rules = {
+        "context": (lambda v: v >= 2, "at least 2 tokens"),
+        "batch_size": (lambda v: v >= 1, "at least 1"),
+        "max_tokens": (lambda v: v is None or v >= 2, "at least 2 tokens"),
+        "seeds": (lambda v: v >= 1, "at least 1"),
+        "reference_tokens": (lambda v: v is None or v >= 2, "at least 2 tokens"),
+        "seed": (lambda v: v is None or v >= 0, "0 or more"),
+    }
+    for name, value in values.items():
+        ok, valid = rules.get(name, (lambda v: True, ""))
+        if not ok(value):
+            raise UserError(f"--{name.replace('_', '-')} {value} is invalid: give {valid}")
+    context, stride = values["context"], values["stride"]
+    if not 1 <= stride <= context:
+        raise UserError(f"--stride {stride} is invalid: give 1 to --context ({context}) tokens")
+
+
 @app.command()
 def run(
     model: str = typer.Option(..., "--model", "-m", help="model spec (see `workbench components --help`)"),
@@ -74,50 +94,83 @@ def run(
     plan: Optional[Path] = typer.Option(None, "--plan", "-p", help="plan spec file (YAML/JSON)"),
     preset: Optional[str] = typer.Option(None, help="smoke | groups | sweep | study"),
     mode: str = typer.Option("zero", help="ablation mode for presets: zero | mean | resample | skip_layer"),
-    seeds: int = typer.Option(10, help="random-matched draws per preset control"),
-    context: int = typer.Option(512, help="tokens per window"),
+    seeds: int = typer.Option(10, help="random-matched draws per preset control (draw seeds 0..N-1)"),
+    context: int = typer.Option(512, help="tokens per window (the prefix token included)"),
     stride: int = typer.Option(256, help="window step; each token is scored once"),
-    batch_size: int = typer.Option(8),
-    max_tokens: Optional[int] = typer.Option(None, help="use only the first N tokens of each corpus"),
-    reference: Optional[str] = typer.Option(None, help="corpus for mean/resample (default: first corpus)"),
+    batch_size: int = typer.Option(8, help="windows per forward (changes results only at float rounding)"),
+    max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
+    prefix_token: str = typer.Option("auto", help="auto | none | bos: token each window starts with "
+                                     "(auto: BOS where the tokenizer adds one or the family expects it)"),
+    reference: Optional[str] = typer.Option(None, help="corpus for mean/resample inputs (default: the "
+                                            "last --reference-tokens tokens of the first corpus, never scored)"),
+    reference_tokens: Optional[int] = typer.Option(None, help="tokens set aside as the default reference "
+                                                   "(default 16 x context)"),
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32"),
-    seed: int = typer.Option(0, help="donor seed for resample conditions"),
+    seed: Optional[int] = typer.Option(None, help="donor seed of resample conditions (default 0; "
+                                       "overrides a plan file's donor_seed)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
 ):
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
     from workbench.architectures import component_map
-    from workbench.corpora import load_corpus, read_text
-    from workbench.runner import run_plan
+    from workbench.corpora import load_corpus, load_with_reference, read_text
+    from workbench.loading import DTYPES, check_device
+    from workbench.runner import Protocol, RunError, resolve_prefix, run_plan
 
+    _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
+                   seeds=seeds, reference_tokens=reference_tokens, seed=seed)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
     if mode not in plans.MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(plans.MODES)}")
+    if prefix_token not in ("auto", "none", "bos"):
+        raise UserError(f"unknown --prefix-token {prefix_token!r}; valid: auto, none, bos")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    check_device(device)
+    if plan is not None and plan.is_dir():
+        raise UserError(f"--plan {str(plan)!r} is a folder; give a YAML or JSON plan file")
     spec = plans.load_spec(plan) if plan else None
     texts = [read_text(c) for c in corpus]  # bad corpora fail before the model loads
+    if len({t[0] for t in texts}) != len(texts):
+        raise UserError(f"corpus names repeat: {[t[0] for t in texts]}")
     ref_text = read_text(reference) if reference else None
+    n_reference = reference_tokens or 16 * context
     loaded = _load(model, device, dtype)
     cmap = component_map(loaded.model)
     if spec is None:
         spec = plans.auto_spec(cmap, preset, mode=mode, seeds=seeds)
-    spec = spec.model_copy(update={"seed": seed}) if preset else spec
+    if seed is not None or preset:
+        spec = spec.model_copy(update={"donor_seed": seed or 0})
     resolved = plans.resolve(spec, cmap)
     if dry_run:
         _print_plan(resolved)
         return
-    corpora = [load_corpus(c, loaded.tokenizer, max_tokens, text=t) for c, t in zip(corpus, texts)]
-    names = [k.name for k in corpora]
-    if len(set(names)) != len(names):
-        raise UserError(f"corpus names repeat: {names}")
-    ref = load_corpus(reference, loaded.tokenizer, max_tokens, text=ref_text) if reference else None
+    try:
+        policy, prefix_id = resolve_prefix(prefix_token, loaded.tokenizer, loaded.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if reference:
+        corpora = [load_corpus(c, loaded.tokenizer, max_tokens, text=t) for c, t in zip(corpus, texts)]
+        ref = load_corpus(reference, loaded.tokenizer, text=ref_text)
+    else:
+        first, ref = load_with_reference(corpus[0], loaded.tokenizer, n_reference, max_tokens, text=texts[0])
+        corpora = [first] + [load_corpus(c, loaded.tokenizer, max_tokens, text=t)
+                             for c, t in zip(corpus[1:], texts[1:])]
+    protocol = Protocol(context=context, stride=stride, prefix_token=policy, prefix_id=prefix_id,
+                        reference=ref.source if reference else f"{ref.source} (last {ref.n_tokens} tokens)",
+                        reference_tokens=ref.n_tokens, reference_sha256=ref.sha256, batch_size=batch_size)
     err.print(f"{len(resolved.conditions)} conditions x {len(corpora)} corpora "
-              f"({sum(k.n_tokens for k in corpora):,} tokens) -> {out_path}")
-    ds = run_plan(loaded, resolved, corpora, out_path, context=context, stride=stride,
-                  batch_size=batch_size, reference=ref, device=device, dtype=dtype, seed=seed)
+              f"({sum(k.n_tokens for k in corpora):,} tokens, prefix token {policy}) -> {out_path}",
+              markup=False, highlight=False)
+    try:
+        ds = run_plan(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
+                      dtype=dtype, donor_seed=spec.donor_seed, log=lambda m: err.print(m, markup=False))
+    except RunError as exc:
+        raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())
-    err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}")
+    err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
 
 
 def _print_plan(plan) -> None:
@@ -129,9 +182,11 @@ def _print_plan(plan) -> None:
     out.print(table)
 
 
-def _fmt(x: float) -> str:
-    if math.isnan(x):
+def _fmt(x: float, complete: bool = True) -> str:
+    if not complete:
         return "-"
+    if math.isnan(x):
+        return "nan"
     if math.isinf(x):
         return "inf"
     return f"{x:,.2f}" if x < 1e5 else f"{x:.3g}"
@@ -141,29 +196,38 @@ def _fmt(x: float) -> str:
 def show(store_path: Path = typer.Argument(..., help="a run store"),
          as_json: bool = typer.Option(False, "--json", help="print the summary as JSON records")):
     """Summarise a run store: perplexity per condition and corpus, ratio to baseline, QC."""
-    from workbench.store import open_store
+    from workbench.store import StoreError, open_store, verify
     from workbench.summary import summary_frame
 
     ds = open_store(store_path)
+    damaged = verify(ds)
+    if damaged:
+        names = ", ".join(f"{ds.condition.values[i] if i >= 0 else 'index'} ({why})" for i, why in damaged.items())
+        raise StoreError(f"{store_path}: condition(s) marked complete have unreadable or missing data: "
+                         f"{names}; rerun the same `workbench run` command to recompute them")
     frame = summary_frame(ds)
     if as_json:
         print(frame.to_json(orient="records", indent=1))
         return
     proto = json.loads(ds.attrs["protocol"])
-    out.print(f"[bold]{store_path}[/]: model {ds.attrs['model']} ({ds.attrs['model_type']}), "
+    out.print(f"{store_path}: model {ds.attrs['model']} ({ds.attrs['model_type']}), "
               f"{int(ds['complete'].sum())}/{ds.sizes['condition']} conditions complete; "
-              f"context {proto['context']}, stride {proto['stride']}")
+              f"context {proto['context']}, stride {proto['stride']}, "
+              f"prefix token {proto.get('prefix_token', 'none')}", markup=False, highlight=False)
     corpora = list(ds.corpus.values)
     table = Table()
     for col in ["label", "kind"] + [f"ppl {c}" for c in corpora] + [f"x base {c}" for c in corpora] + ["qc"]:
         table.add_column(col, justify="left" if col in ("label", "kind") else "right")
     for rec in frame.to_dict("records"):
         row = [rec["label"], rec["kind"]]
-        row += [_fmt(rec[f"perplexity:{c}"]) for c in corpora]
-        row += [_fmt(rec[f"ratio:{c}"]) for c in corpora]
+        row += [_fmt(rec[f"perplexity:{c}"], rec["complete"]) for c in corpora]
+        row += [_fmt(rec[f"ratio:{c}"], rec["complete"]) for c in corpora]
         row.append(rec["qc"])
-        table.add_row(*row)
+        table.add_row(*(escape(x) for x in row))
     out.print(table)
+    warnings = frame[frame["qc"].isin(["NOT FIRED", "NO EFFECT", "NON-FINITE"])]
+    for rec in warnings.to_dict("records"):
+        err.print(f"QC {rec['qc']}: {rec['label']}", markup=False, highlight=False)
 
 
 def _mount_optional() -> None:
@@ -183,22 +247,42 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _click_errors() -> tuple[type, ...]:
+    """Click's exception classes, and typer's bundled copies of them (typer raises those)."""
+    import importlib
+
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def _fail(message: str, code: int) -> None:
+    # plain print: rich markup would swallow bracketed text such as paths with [draft]
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except _user_errors() as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("interrupted; rerun the same command to resume")
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except _click_errors() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+            sys.exit(2)
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        _fail(f"{exc.format_message()}{hint}", getattr(exc, "exit_code", 2) or 2)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class Intervener:
                     lambda m, a, o, path=c.path: note((path, "out"))))
             try:
                 with torch.no_grad():
-                    self.model(input_ids=torch.zeros(1, 4, dtype=torch.long, device=self.device))
+                    self.model(input_ids=torch.zeros(1, 4, dtype=torch.long, device=self.device),
+                               use_cache=False)
             finally:
                 for h in handles:
                     h.remove()
@@ -108,34 +109,40 @@ class Intervener:
         """Clean outputs of ``comps`` on ``ids`` (one trace, nothing edited)."""
         comps = sorted(comps, key=lambda c: self._when(c, "save"))
         saved: dict[str, torch.Tensor] = {}  # filled inside the trace (its body runs elsewhere)
-        with self.traced.trace(input_ids=ids.to(self.device)):
+        with self.traced.trace(input_ids=ids.to(self.device), use_cache=False) as tracer:
             for c in comps:
                 saved[c.key] = _main(self._envoy(c.path).output).save()
+            tracer.stop()  # nothing after the last saved module is needed
         return {k: v.detach() for k, v in saved.items()}
 
     @torch.no_grad()
-    def component_means(self, batches, comps: list[Component]) -> dict[str, torch.Tensor]:
-        """Mean output vector of each component over every position of ``batches``."""
+    def component_means(self, batches, comps: list[Component], skip: int = 0) -> dict[str, torch.Tensor]:
+        """Mean output vector of each component over the positions of ``batches`` from ``skip`` on
+        (the first positions of a window carry attention-sink outliers)."""
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for ids in batches:
             outs = self.outputs(ids, comps)
             for key, value in outs.items():
-                total = value.double().sum(dim=(0, 1))
+                # float64 on the CPU: not every device has it (mps), and means need the precision
+                total = value[:, skip:].float().cpu().double().sum(dim=(0, 1))
                 sums[key] = sums[key] + total if key in sums else total
-            count += ids.shape[0] * ids.shape[1]
+            count += ids.shape[0] * max(ids.shape[1] - skip, 0)
         if not count:
             raise InterventionError("mean ablation needs a non-empty reference set")
-        return {k: (v / count) for k, v in sums.items()}
+        return {k: (v / count).to(self.device) for k, v in sums.items()}
 
     @torch.no_grad()
     def run(self, ids: torch.Tensor, condition: Condition, *, means: dict | None = None,
-            donor: dict | None = None, save: list[Component] | None = None) -> RunOutput:
+            donor: dict | None = None, save: list[Component] | None = None, keep: int = 0,
+            strict: bool = True) -> RunOutput:
         """Logits of ``ids`` under ``condition``.
 
         ``means`` (mode mean): component key -> mean vector; ``donor`` (mode resample):
         component key -> that component's clean output on the donor input (same shape).
-        ``save``: components whose (possibly edited) output to return.
+        ``save``: components whose (possibly edited) output to return. ``keep``: logits of the
+        last ``keep`` positions only (0: all). ``strict``: raise when an edit did not fire
+        (otherwise the caller reads ``fired``).
         """
         comps = self.components(condition)
         mode = condition.mode
@@ -153,7 +160,7 @@ class Intervener:
         edits.sort(key=lambda e: (e[2], e[1] == "save"))
         fired: list[str] = []
         saved = {}
-        with self.traced.trace(input_ids=ids.to(self.device)):
+        with self.traced.trace(input_ids=ids.to(self.device), use_cache=False, logits_to_keep=keep):
             for comp, what, _ in edits:
                 env = self._envoy(comp.path)
                 if what == "save":
@@ -179,7 +186,7 @@ class Intervener:
                 fired.append(comp.key)
             logits = self.traced.output.logits.save()
         expected = [c.key for c in comps]
-        if fired != expected:
+        if fired != expected and strict:
             raise InterventionError(f"edits planned {expected} but fired {fired}")
         return RunOutput(logits=logits, fired=fired, saved=dict(saved))
 
@@ -188,18 +195,29 @@ def donor_windows(reference: torch.Tensor, length: int, n: int, seed: int, avoid
                   salt: int = 0) -> torch.Tensor:
     """``n`` donor sequences of ``length`` tokens from ``reference``, reproducible from seed + salt.
 
-    A donor avoids overlapping the window it replaces (``avoid`` holds that window's start)
-    when the reference is long enough.
+    ``avoid`` (the start of each window being replaced, when the reference is the scored text
+    itself): donors never overlap it. ``check_reference`` says beforehand whether that is possible.
     """
+    check_reference(len(reference), length, overlapping=avoid is not None)
     span = len(reference) - length
-    if span < 0:
-        raise InterventionError(f"resample needs a reference of at least {length} tokens, got {len(reference)}")
     rng = np.random.default_rng([seed, salt])
     starts = []
     for k in range(n):
         start = int(rng.integers(0, span + 1))
-        if avoid is not None and span >= 2 * length:
-            while abs(start - avoid[k]) < length:
-                start = int(rng.integers(0, span + 1))
+        while avoid is not None and abs(start - avoid[k]) < length:
+            start = int(rng.integers(0, span + 1))
         starts.append(start)
     return torch.stack([reference[s:s + length] for s in starts])
+
+
+def check_reference(n_reference: int, length: int, overlapping: bool) -> None:
+    """Refuse a reference too short for donors of ``length`` tokens. When the reference is the
+    text being scored (``overlapping``), a donor that never overlaps its window needs room on one
+    side of any window: at least 3 x length tokens."""
+    need = 3 * length if overlapping else length
+    if n_reference < need:
+        why = (" so that no window is its own donor (the reference is the scored text itself)"
+               if overlapping else "")
+        raise InterventionError(f"resample needs a reference of at least {need} tokens for windows of "
+                                f"{length}{why}; it has {n_reference}. Use a longer --reference corpus "
+                                "or a shorter --context")

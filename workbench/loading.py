@@ -9,6 +9,7 @@ A spec is one of:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -52,39 +53,94 @@ def builtin_names() -> list[str]:
     return local + sorted(PACKAGED_MODELS)
 
 
+def check_device(device: str) -> None:
+    valid = "cpu, cuda, cuda:N, mps"
+    if not (device == "cpu" or device == "cuda" or device == "mps"
+            or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ModelLoadError(f"unknown device {device!r}; valid: {valid}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' requested but this PyTorch has no MPS backend; use --device cpu")
+
+
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise ModelLoadError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
+    check_device(device)
     return torch.device(device), DTYPES[dtype]
 
 
-def _finish(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
-    model = model.to(device=device, dtype=dtype)
+def _finish(model: torch.nn.Module, device) -> torch.nn.Module:
+    # Only the device moves: the dtype was set at load time, where Hugging Face keeps the
+    # modules a model needs in float32 (``_keep_in_fp32_modules``, e.g. MoE routers).
+    model = model.to(device=device)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def _load_dir(path: Path, device, dtype, *, gguf_file: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    if config.model_type == "qwen3_5" and hasattr(config, "text_config"):
-        # Qwen3.5 ships as a vision-language checkpoint; keep only the text model
-        # (transformers maps the language_model.* weights onto Qwen3_5ForCausalLM).
-        config = config.text_config
-        kwargs["config"] = config
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    if gguf_file:
-        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    else:
-        tokenizer = load_tokenizer(path)
-    return _finish(model, device, dtype), tokenizer
+    where = path / gguf_file if gguf_file else path
+    if not gguf_file:
+        try:
+            json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{path / 'config.json'} is not valid JSON ({exc}); the model folder "
+                                 "is damaged: copy it again") from None
+        if not any((path / f).exists() for f in WEIGHT_FILES):
+            raise ModelLoadError(f"model folder {str(path)!r} has a config.json but no weights "
+                                 f"(expected one of {', '.join(WEIGHT_FILES)})")
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise ModelLoadError(f"model folder {str(path)!r} has no tokenizer files (expected "
+                                 f"{' or '.join(TOKENIZER_FILES[:3])}); copy the tokenizer next to config.json")
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        if config.model_type == "qwen3_5" and hasattr(config, "text_config"):
+            # Qwen3.5 ships as a vision-language checkpoint; keep only the text model
+            # (transformers maps the language_model.* weights onto Qwen3_5ForCausalLM).
+            config = config.text_config
+            kwargs["config"] = config
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        if gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        else:
+            tokenizer = load_tokenizer(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # truncated or foreign files surface as many exception types
+        what = "GGUF file" if gguf_file else "model folder"
+        raise ModelLoadError(f"cannot load {what} {str(where)!r}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}; the files may "
+                             "be truncated or not a causal language model") from None
+    return _finish(model, device), tokenizer
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (names and bytes), to tell changed weights apart."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's full definition (vocabulary, merges, normaliser, specials)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    specials = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((body + specials).encode()).hexdigest()[:16]
 
 
 GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
@@ -134,8 +190,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32",
     if spec.startswith("random:"):
         from workbench.architectures import random_model
 
-        model, tok = random_model(spec.split(":", 1)[1], seed=seed)
-        return LoadedModel(_finish(model, dev, dt), tok, spec, "random", info={"seed": seed})
+        model, tok = random_model(spec.split(":", 1)[1], seed=seed, dtype=dt)
+        return LoadedModel(_finish(model, dev), tok, spec, "random", info={"seed": seed})
 
     builtin = data_dir() / "models" / spec
     if (builtin / "config.json").exists():
@@ -155,6 +211,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32",
 
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
+        if path.is_dir():
+            raise ModelLoadError(f"{spec!r} is a folder, not a .gguf file")
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {spec!r} does not exist")
         model, tok = _load_dir(path.parent, dev, dt, gguf_file=path.name)
@@ -165,9 +223,13 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32",
         model, tok = _load_dir(path, dev, dt)
         return LoadedModel(model, tok, spec, "local")
 
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+    if path.exists():
+        raise ModelLoadError(f"{spec!r} is a file, not a model folder, a .gguf file or a model name")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/"):
         model, tok, rev = _from_hub_cache(spec, dev, dt, revision)
         return LoadedModel(model, tok, spec, "hub-cache", revision=rev)
+    if "/" in spec or spec.startswith((".", "~")):
+        raise ModelLoadError(f"model folder {spec!r} does not exist")
 
     raise ModelLoadError(
         f"unknown model {spec!r}; give a built-in name ({', '.join(builtin_names())}), "

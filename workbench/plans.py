@@ -21,6 +21,10 @@ from workbench.labels import layer_ranges
 
 Mode = Literal["zero", "mean", "resample", "skip_layer"]
 MODES = ("zero", "mean", "resample", "skip_layer")
+Kind = Literal["baseline", "group", "sweep", "thirds", "random_matched", "custom"]
+KINDS = ("baseline", "group", "sweep", "thirds", "random_matched", "custom")
+BASELINE_ID = "baseline"
+BASELINE_LABEL = "baseline (no ablation)"
 
 
 class PlanError(ValueError):
@@ -44,17 +48,41 @@ class Target(_Frozen):
 
 
 class Condition(_Frozen):
+    """One ablation: which components, how, and (for random sets and resample) which seeds.
+
+    ``draw_seed`` picked a random_matched set; ``donor_seed`` picks resample donors. They are
+    separate so a random control differs from its group only in which components it removes.
+    """
+
     targets: tuple[Target, ...] = ()
     mode: Mode = "zero"
-    seed: int | None = None  # resample donors, random draws
-    kind: str = "custom"  # baseline | group | sweep | thirds | random_matched | custom
+    draw_seed: int | None = None
+    donor_seed: int | None = None
+    kind: Kind = "custom"
     group: str = ""  # conditions that belong together (e.g. one random control's trials)
     label: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bare_seed(cls, data):
+        if isinstance(data, dict) and "seed" in data:
+            raise ValueError("'seed' is ambiguous: write donor_seed (resample donors) or "
+                             "draw_seed (which random set was drawn)")
+        return data
+
     @model_validator(mode="after")
     def _check(self):
-        if not self.targets and self.kind != "baseline":
+        if self.kind == "baseline":
+            if self.targets or self.draw_seed is not None or self.donor_seed is not None:
+                raise ValueError("the baseline has no targets and no seeds")
+            if self.label not in ("", BASELINE_LABEL):
+                raise ValueError(f"the baseline's label is fixed: {BASELINE_LABEL!r}")
+        elif not self.targets:
             raise ValueError("a condition needs at least one target (only the baseline has none)")
+        elif self.label == BASELINE_LABEL:
+            raise ValueError(f"the label {BASELINE_LABEL!r} is reserved for the baseline")
+        if self.donor_seed is not None and self.mode != "resample":
+            raise ValueError(f"donor_seed applies to mode resample only, not {self.mode!r}")
         roles = {t.role for t in self.targets}
         if self.mode == "skip_layer" and roles - {"layer"}:
             raise ValueError("skip_layer conditions target whole layers: use role 'layer'")
@@ -70,13 +98,13 @@ class Condition(_Frozen):
     def key(self) -> dict:
         """What the condition does (not how it is named): the basis of its id."""
         return {"targets": sorted((t.layer, t.role) for t in self.targets), "mode": self.mode,
-                "seed": self.seed if self.mode == "resample" else None}
+                "donor_seed": self.donor_seed if self.mode == "resample" else None}
 
     @property
     def effect_id(self) -> str:
         """Same for conditions that edit the model identically (their results are shared)."""
         if self.kind == "baseline":
-            return "baseline"
+            return BASELINE_ID
         return hashlib.sha256(json.dumps(self.key).encode()).hexdigest()[:12]
 
     @property
@@ -84,8 +112,8 @@ class Condition(_Frozen):
         """Unique within a plan: the edit, and the family it is reported in (a one-layer third
         is also a sweep entry, each random trial is its own row; computed once)."""
         if self.kind == "baseline":
-            return "baseline"
-        return hashlib.sha256(json.dumps([self.key, self.kind, self.group, self.seed]).encode()).hexdigest()[:12]
+            return BASELINE_ID
+        return hashlib.sha256(json.dumps([self.key, self.kind, self.group, self.draw_seed]).encode()).hexdigest()[:12]
 
     @property
     def roles(self) -> list[str]:
@@ -98,14 +126,14 @@ class Condition(_Frozen):
 
 def default_label(c: Condition) -> str:
     if c.kind == "baseline":
-        return "baseline (no ablation)"
+        return BASELINE_LABEL
     where = f"layers {layer_ranges(c.layers)}" if len(c.layers) > 1 else f"layer {c.layers[0]}"
     if c.mode == "skip_layer":
         text = f"{where} skipped"
     else:
         text = f"{'+'.join(c.roles)} off, {where}"
-    if c.seed is not None and c.mode == "resample":
-        text += f", donor seed {c.seed}"
+    if c.donor_seed is not None:
+        text += f", donor seed {c.donor_seed}"
     return f"{text}, {c.mode}"
 
 
@@ -127,7 +155,7 @@ class Plan(_Frozen):
 
     @property
     def hash(self) -> str:
-        body = json.dumps([[c.key, c.kind, c.group, c.seed] for c in self.conditions])
+        body = json.dumps([[c.key, c.kind, c.group, c.draw_seed] for c in self.conditions])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -135,7 +163,8 @@ class Plan(_Frozen):
 
     def table(self) -> list[dict]:
         return [{"id": c.id, "label": c.label, "mode": c.mode, "kind": c.kind, "group": c.group,
-                 "roles": "+".join(c.roles), "layers": layer_ranges(c.layers), "seed": c.seed}
+                 "roles": "+".join(c.roles), "layers": layer_ranges(c.layers),
+                 "draw_seed": c.draw_seed, "donor_seed": c.donor_seed}
                 for c in self.conditions]
 
 
@@ -165,7 +194,7 @@ def _named(role: str, mode: str, layers, what: str = "") -> str:
 def group(cmap: ComponentMap, role: str, mode: str = "zero", seed: int | None = None) -> list[Condition]:
     _require_role(cmap, role)
     layers = cmap.layers_of(role)
-    return [Condition(targets=_targets(cmap, role, layers, mode), mode=mode, seed=seed, kind="group",
+    return [Condition(targets=_targets(cmap, role, layers, mode), mode=mode, donor_seed=seed, kind="group",
                       group=f"group:{role}", label=_named(role, mode, layers))]
 
 
@@ -178,7 +207,7 @@ def sweep(cmap: ComponentMap, roles, mode: str = "zero", seed: int | None = None
     for role in roles:
         _require_role(cmap, role)
         for i in cmap.layers_of(role):
-            out.append(Condition(targets=(Target(layer=i, role=role),), mode=mode, seed=seed,
+            out.append(Condition(targets=(Target(layer=i, role=role),), mode=mode, donor_seed=seed,
                                  kind="sweep", group=f"sweep:{role}"))
     return out
 
@@ -192,13 +221,14 @@ def thirds(cmap: ComponentMap, role: str, mode: str = "zero", seed: int | None =
     out = []
     for name, part in zip(("early", "middle", "late"), np.array_split(np.array(layers), 3)):
         part = [int(x) for x in part]
-        out.append(Condition(targets=_targets(cmap, role, part, mode), mode=mode, seed=seed,
+        out.append(Condition(targets=_targets(cmap, role, part, mode), mode=mode, donor_seed=seed,
                              kind="thirds", group=f"thirds:{role}",
                              label=_named(role, mode, part, f" ({name} third)")))
     return out
 
 
-def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str = "zero") -> list[Condition]:
+def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str = "zero",
+                   donor_seed: int | None = None) -> list[Condition]:
     """Random sets of ``size`` components (or layers, for skip_layer) drawn from ``pool``.
 
     ``size`` may name a role: the size of that role's group. ``seeds`` is a count (seeds
@@ -238,9 +268,11 @@ def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str =
             pick = tuple(sorted(rng.choice(len(candidates), size=size, replace=False)))
         drawn.add(pick)
         targets = tuple(sorted((candidates[i] for i in pick), key=lambda t: (t.layer, t.role)))
-        out.append(Condition(targets=targets, mode=mode, seed=s, kind="random_matched",
+        out.append(Condition(targets=targets, mode=mode, draw_seed=s, donor_seed=donor_seed, kind="random_matched",
                              group=f"random:{size}of{tag}",
-                             label=f"random {size} of {tag}, seed {s}, {mode}"))
+                             label=f"random {size} of {tag}, draw seed {s}"
+                                   + (f", donor seed {donor_seed}" if donor_seed is not None else "")
+                                   + f", {mode}"))
     return out
 
 
@@ -276,14 +308,24 @@ GeneratorSpec = Annotated[Union[GroupSpec, SweepSpec, ThirdsSpec, RandomSpec], F
 
 
 class PlanSpec(_Frozen):
+    """What a user writes: generators and explicit conditions, resolved per model."""
+
     name: str = "plan"
     mode: Mode = "zero"
     modes: list[Mode] | None = None  # run every generator under each of these modes
-    seed: int = 0  # donor seed for resample
+    donor_seed: int = 0  # resample donors of generated conditions (one seed for all: paired)
     baseline: bool = True
     generators: list[GeneratorSpec] = []
     conditions: list[Condition] = []
     roles: list[str] | None = None  # restrict generators to roles present ("auto" roles)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bare_seed(cls, data):
+        if isinstance(data, dict) and "seed" in data:
+            raise ValueError("'seed' is ambiguous: the plan-level seed is 'donor_seed' (resample donors "
+                             "of generated conditions); random sets take 'seeds' in their generator")
+        return data
 
 
 def _present(cmap: ComponentMap, roles) -> list[str]:
@@ -295,7 +337,7 @@ def resolve(spec: PlanSpec, cmap: ComponentMap) -> Plan:
     conds: list[Condition] = [BASELINE] if spec.baseline else []
     for gen in spec.generators:
         for mode in ([gen.mode] if gen.mode else spec.modes or [spec.mode]):
-            seed = spec.seed if mode == "resample" else None
+            seed = spec.donor_seed if mode == "resample" else None
             if isinstance(gen, GroupSpec):
                 conds += group(cmap, gen.role, mode, seed)
             elif isinstance(gen, SweepSpec):
@@ -303,13 +345,18 @@ def resolve(spec: PlanSpec, cmap: ComponentMap) -> Plan:
             elif isinstance(gen, ThirdsSpec):
                 conds += thirds(cmap, gen.role, mode, seed)
             else:
-                conds += random_matched(cmap, gen.size, gen.pool, gen.seeds, mode)
+                conds += random_matched(cmap, gen.size, gen.pool, gen.seeds, mode, seed)
     for c in spec.conditions:
+        if c.kind == "baseline":
+            raise PlanError("a plan's conditions cannot be the baseline: it is added by the workbench "
+                            "(set 'baseline: false' to leave it out)")
         validate_condition(c, cmap)
         conds.append(c)
     # the same edit from two generators (e.g. a one-layer third) is kept in both families;
     # the runner computes it once. Exact repeats are dropped.
     unique = list({c.id: c for c in reversed(conds)}.values())[::-1]
+    if not any(c.kind != "baseline" for c in unique):
+        raise PlanError(f"plan {spec.name!r} has no ablation conditions; add generators or conditions")
     return Plan(name=spec.name, conditions=tuple(unique))
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import subprocess
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
@@ -18,16 +20,66 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from workbench import store
+from workbench.claims import Claims
 from workbench.corpora import Corpus
-from workbench.evaluate.perplexity import Window, rolling_windows, safe_exp, score_windows
+from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_windows, safe_exp,
+                                           score_windows)
 from workbench.architectures import component_map
-from workbench.interventions import Intervener, donor_windows
-from workbench.loading import LoadedModel
+from workbench.interventions import Intervener, check_reference, donor_windows
+from workbench.loading import LoadedModel, tokenizer_hash, weights_hash
 from workbench.paths import REPO_ROOT
 from workbench.plans import Condition, Plan
+from workbench.validate import check_model, require_ok
 
-N_REFERENCE_WINDOWS = 16  # windows of the reference corpus that mean ablations average over
 PACKAGES = ("workbench", "torch", "transformers", "nnsight", "xarray", "zarr", "numpy")
+DONOR_CACHE_BYTES = 2 * 2**30  # resample donor outputs kept across conditions (recomputed beyond)
+
+
+class RunError(RuntimeError):
+    """A run that cannot give trustworthy numbers (e.g. a non-finite baseline)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every condition is scored; recorded in the store and checked on resume.
+
+    ``batch_size`` is recorded but not checked: windows are batched without padding, so it
+    changes results only at float rounding (about 1e-6 relative in float32).
+    """
+
+    context: int = 512
+    stride: int = 256
+    prefix_token: str = "none"  # resolved policy: none | bos
+    prefix_id: int | None = None
+    reference: str = ""  # where mean/resample inputs come from
+    reference_tokens: int = 0
+    reference_sha256: str = ""
+    reference_windows: int = 16  # windows of the reference that mean ablations average over
+    reference_skip: int = 16  # first positions of each reference window left out of the means
+    batch_size: int = 8
+
+    def checked(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
+
+def resolve_prefix(policy: str, tokenizer, model) -> tuple[str, int | None]:
+    """The prefix token a model is scored with: ``auto`` follows the tokenizer (it adds a BOS
+    when encoding with special tokens) or, failing that, a family that expects one (Gemma)."""
+    if policy not in ("auto", "none", "bos"):
+        raise ValueError(f"unknown prefix token policy {policy!r}; valid: auto, none, bos")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        bos = getattr(model.config.get_text_config(), "bos_token_id", None)
+    if policy == "none":
+        return "none", None
+    if policy == "bos":
+        if bos is None:
+            raise ValueError("--prefix-token bos: this tokenizer and config define no BOS token")
+        return "bos", int(bos)
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    adds_bos = bos is not None and len(probe) > 0 and probe[0] == bos
+    expects_bos = model.config.model_type.startswith("gemma")
+    return ("bos", int(bos)) if bos is not None and (adds_bos or expects_bos) else ("none", None)
 
 
 def _versions() -> dict:
@@ -52,68 +104,125 @@ def component_layers(model) -> list[int]:
     return sorted({c.layer for c in component_map(model).components})
 
 
-def provenance(loaded: LoadedModel, *, device: str, dtype: str, seed: int, protocol: dict,
-               reference: str) -> dict:
+def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protocol, corpora: list[Corpus],
+               donor_seed: int | None, model_check: dict | None = None) -> dict:
     config = loaded.model.config.to_json_string(use_diff=False)
+    versions = _versions()
+    key = {
+        "model": loaded.spec, "dtype": dtype, "device_type": torch.device(device).type,
+        "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
+        "weights_hash": weights_hash(loaded.model), "model_revision": loaded.revision or "",
+        "tokenizer_hash": tokenizer_hash(loaded.tokenizer), "protocol": protocol.checked(),
+        "reference": {"source": protocol.reference, "sha256": protocol.reference_sha256,
+                      "tokens": protocol.reference_tokens},
+        "corpora": {k.name: {"sha256": k.sha256, "n_tokens": k.n_tokens} for k in corpora},
+        "donor_seed": donor_seed, "torch": versions["torch"], "transformers": versions["transformers"],
+    }
     return {
         "model": loaded.spec,
         "model_type": loaded.model_type,
         "model_source": loaded.source,
         "n_layers": len(component_layers(loaded.model)),
         "model_revision": loaded.revision or "",
-        "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
-        "protocol": json.dumps(protocol, sort_keys=True),
-        "reference_corpus": reference,
-        "seed": seed,
+        "config_hash": key["config_hash"],
+        "weights_hash": key["weights_hash"],
+        "tokenizer_hash": key["tokenizer_hash"],
+        "protocol": json.dumps(asdict(protocol), sort_keys=True),
+        "reference_corpus": protocol.reference,
+        "donor_seed": -1 if donor_seed is None else donor_seed,
         "device": device,
         "dtype": dtype,
-        "versions": json.dumps(_versions()),
+        "versions": json.dumps(versions),
+        "model_check": json.dumps(model_check or {}),
+        "resume_key": json.dumps(key, sort_keys=True),
         "git_commit": _git_commit(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-class ConditionRunner:
-    """Evaluates one condition on one corpus: mean/resample inputs are prepared here."""
+class DonorCache:
+    """Clean outputs of the resampled components on each window's donor, computed once per
+    (corpus, window, donor seed) and shared by every resample condition, up to a memory budget."""
 
-    def __init__(self, iv: Intervener, reference: Corpus, context: int, batch_size: int,
-                 n_reference_windows: int = 16):
-        self.iv, self.reference = iv, reference
-        self.context, self.batch_size = context, batch_size
-        self.n_reference_windows = n_reference_windows
+    def __init__(self, iv: Intervener, comps, budget_bytes: int = DONOR_CACHE_BYTES):
+        self.iv, self.comps, self.budget = iv, list(comps), budget_bytes
+        self.used = 0
+        self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def outputs(self, keys: list[tuple], donors: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        missing = [k for k, key in enumerate(keys) if key not in self._cache]
+        fresh = {}
+        if missing:
+            outs = self.iv.outputs(donors[missing], self.comps)
+            for row, k in enumerate(missing):
+                fresh[keys[k]] = {name: value[row] for name, value in outs.items()}
+        for key, value in fresh.items():
+            size = sum(v.numel() * v.element_size() for v in value.values())
+            if self.used + size <= self.budget:
+                self._cache[key] = {n: v.clone() for n, v in value.items()}
+                self.used += size
+        return [self._cache.get(key) or fresh[key] for key in keys]
+
+
+class ConditionForwards:
+    """Builds the forward function that scores one condition on one corpus (mean and resample
+    inputs are prepared here, once per run)."""
+
+    def __init__(self, iv: Intervener, reference: Corpus, protocol: Protocol, plan: Plan,
+                 reference_is_scored: set[str]):
+        self.iv, self.reference, self.protocol = iv, reference, protocol
+        self.reference_is_scored = reference_is_scored  # corpora whose text the reference is
         self._means: dict | None = None
+        resampled = {t for c in plan.conditions if c.mode == "resample" for t in c.targets}
+        comps = [iv.cmap.get(t.layer, t.role) for t in sorted(resampled, key=lambda t: (t.layer, t.role))]
+        self.donors = DonorCache(iv, comps)
+        self.fired_ok = True
 
     def means(self) -> dict:
         """Mean output of every component over the reference windows, computed once per run."""
         if self._means is None:
             comps = [c for c in self.iv.cmap.components if c.role != "layer"]
-            self._means = self.iv.component_means(self.reference_batches(), comps)
+            self._means = self.iv.component_means(self.reference_batches(), comps,
+                                                  skip=self.protocol.reference_skip)
         return self._means
 
     def reference_batches(self):
-        ids, L = self.reference.ids, min(self.context, len(self.reference.ids))
-        chunks = [ids[s:s + L] for s in range(0, len(ids) - L + 1, L)][:self.n_reference_windows]
-        for k in range(0, len(chunks), self.batch_size):
-            yield torch.stack(chunks[k:k + self.batch_size])
+        p = self.protocol
+        ids, L = self.reference.ids, min(p.context, len(self.reference.ids))
+        chunks = [ids[s:s + L] for s in range(0, len(ids) - L + 1, L)][:p.reference_windows]
+        for k in range(0, len(chunks), p.batch_size):
+            yield torch.stack(chunks[k:k + p.batch_size])
+
+    def _run(self, ids, condition, keep, **kw):
+        out = self.iv.run(ids, condition, keep=keep, strict=False, **kw)
+        self.fired_ok &= out.fired == [c.key for c in self.iv.components(condition)]
+        return out.logits
 
     def forward_for(self, condition: Condition, corpus: Corpus):
-        iv = self.iv
         if condition.kind == "baseline":
-            return lambda ids, windows: iv.run(ids, condition).logits
-        comps = iv.components(condition)
+            return lambda ids, windows, keep: self._run(ids, condition, keep)
         if condition.mode == "mean":
             means = self.means()
-            return lambda ids, windows: iv.run(ids, condition, means=means).logits
+            return lambda ids, windows, keep: self._run(ids, condition, keep, means=means)
         if condition.mode == "resample":
-            same = corpus.source == self.reference.source
+            avoid = corpus.name in self.reference_is_scored
+            seed = condition.donor_seed or 0
+            prefix = self.protocol.prefix_id
 
-            def forward(ids, windows: list[Window]):
+            def forward(ids, windows: list[Window], keep):
+                # the donor covers the window's text tokens; a prefix token stays in place
+                shift = int(prefix is not None)
                 donors = torch.cat([
-                    donor_windows(self.reference.ids, ids.shape[1], 1, condition.seed or 0,
-                                  avoid=[w.begin] if same else None, salt=w.begin) for w in windows])
-                return iv.run(ids, condition, donor=iv.outputs(donors, comps)).logits
+                    donor_windows(self.reference.ids, ids.shape[1] - shift, 1, seed,
+                                  avoid=[w.begin] if avoid else None, salt=w.begin) for w in windows])
+                if shift:
+                    donors = torch.cat([ids[:, :1].cpu(), donors], dim=1)
+                keys = [(corpus.name, w.begin, w.end, seed) for w in windows]
+                rows = self.donors.outputs(keys, donors)
+                donor = {c.key: torch.stack([r[c.key] for r in rows]) for c in self.iv.components(condition)}
+                return self._run(ids, condition, keep, donor=donor)
             return forward
-        return lambda ids, windows: iv.run(ids, condition).logits
+        return lambda ids, windows, keep: self._run(ids, condition, keep)
 
 
 def _completed_twin(out: Path, plan: Plan, index: int) -> int | None:
@@ -125,86 +234,168 @@ def _completed_twin(out: Path, plan: Plan, index: int) -> int | None:
     return next((j for j in twins if done[j]), None)
 
 
+def check_run(plan: Plan, corpora: list[Corpus], protocol: Protocol, reference: Corpus,
+              reference_is_scored: set[str]) -> None:
+    """Everything that can be refused before a model runs."""
+    if any(c.mode == "resample" for c in plan.conditions):
+        longest = min(protocol.context, max(k.n_tokens for k in corpora))
+        check_reference(reference.n_tokens, longest, overlapping=bool(reference_is_scored))
+    if any(c.mode == "mean" for c in plan.conditions):
+        if min(protocol.context, reference.n_tokens) <= protocol.reference_skip:
+            raise RunError(f"mean ablation needs reference windows longer than the {protocol.reference_skip} "
+                           f"positions skipped at the start of each; the reference has "
+                           f"{reference.n_tokens} tokens and the context is {protocol.context}")
+
+
 def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | Path, *,
-             context: int = 512, stride: int = 256, batch_size: int = 8, reference: Corpus | None = None,
-             device: str = "cpu", dtype: str = "float32", seed: int = 0, progress: bool = True,
-             on_condition: Callable[[int, Condition], None] | None = None):
-    """Compute every pending condition of ``plan`` into the store at ``out``; returns the store."""
+             protocol: Protocol | None = None, reference: Corpus | None = None, device: str = "cpu",
+             dtype: str = "float32", donor_seed: int | None = None, progress: bool = True,
+             on_condition: Callable[[int, Condition], None] | None = None,
+             log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
+             batch_size: int = 8):
+    """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
+
+    ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
+    case resample donors never overlap their window). ``protocol`` defaults to ``context``,
+    ``stride``, ``batch_size`` without a prefix token. Several processes may run the same plan
+    into one store: they share the conditions.
+    """
     out = Path(out)
     reference = reference or corpora[0]
-    windows = {k.name: rolling_windows(k.n_tokens, context, stride) for k in corpora}
-    meta = [{"name": k.name, "source": k.source, "n_tokens": k.n_tokens, "n_bytes": k.n_bytes,
-             "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
-    protocol = {"context": context, "stride": stride, "scored": "every token after the first, once",
-                "reference": reference.source, "reference_windows": N_REFERENCE_WINDOWS}
-    attrs = provenance(loaded, device=device, dtype=dtype, seed=seed, protocol=protocol,
-                       reference=reference.source)
+    protocol = protocol or Protocol(context=context, stride=stride, batch_size=batch_size,
+                                    reference=reference.source, reference_tokens=reference.n_tokens,
+                                    reference_sha256=reference.sha256)
+    say = log or (lambda msg: None)
+    prefix = protocol.prefix_id
+    reference_is_scored = {k.name for k in corpora if k.source == reference.source
+                           and k.sha256 == reference.sha256 and reference.name == k.name}
+    check_run(plan, corpora, protocol, reference, reference_is_scored)
+    windows = {k.name: rolling_windows(k.n_tokens, protocol.context, protocol.stride, prefix is not None)
+               for k in corpora}
+    first_scored = 0 if prefix is not None else 1
+    meta = [{"name": k.name, "source": k.source, "n_tokens": k.n_tokens, "n_bytes": k.scored_bytes(first_scored),
+             "sha256": k.sha256, "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
+    iv = Intervener(loaded.model)
+    model_check = check_model(iv)
+    require_ok(model_check, loaded.spec)
+    attrs = provenance(loaded, device=device, dtype=dtype, protocol=protocol, corpora=corpora,
+                       donor_seed=donor_seed, model_check=model_check)
     ds = store.create_or_resume(out, plan, meta, attrs)
+    damaged = store.verify(ds)
+    if damaged:
+        names = [str(ds.condition.values[i]) for i in damaged if i >= 0]
+        say(f"{len(damaged)} complete condition(s) failed verification and will be recomputed: "
+            + ", ".join(f"{n} ({why})" for n, why in zip(names, damaged.values())))
+        store.mark_incomplete(out, [i for i in damaged if i >= 0])
+        ds = store.open_store(out)
+    claims = Claims(out)
     todo = store.pending(ds)
     ids = list(ds.condition.values)
     base_idx = ids.index("baseline") if "baseline" in ids else None
     if base_idx is not None and base_idx in todo:  # QC compares every condition with the baseline
         todo = [base_idx] + [i for i in todo if i != base_idx]
 
-    iv = Intervener(loaded.model)
-    runner = ConditionRunner(iv, reference, context, batch_size, N_REFERENCE_WINDOWS)
-    total_tokens = sum(k.n_tokens - 1 for k in corpora)
+    forwards = ConditionForwards(iv, reference, protocol, plan, reference_is_scored)
+    total_tokens = sum(int(sum(m["window_tokens"])) for m in meta)
     baseline_nll = None
-    if base_idx is not None and base_idx not in todo:
-        baseline_nll = store.open_store(out)["window_nll"].isel(condition=base_idx).values
+    n_scored_bytes = np.array([m["n_bytes"] for m in meta])
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress,
                    console=Console(stderr=True))
-    with bar if progress else nullcontext():
-        t_cond = bar.add_task("conditions", total=len(plan.conditions), rate="",
-                              completed=len(plan.conditions) - len(todo))
-        t_tok = bar.add_task("tokens", total=total_tokens, rate="")
-        for i in todo:
-            cond = plan.conditions[i]
-            twin = _completed_twin(out, plan, i)
-            if twin is not None:  # the same edit under another family label: copy, don't recompute
-                store.copy_condition(out, twin, i)
+    computed = copied = 0
+    deferred: list[int] = []
+    try:
+        with bar if progress else nullcontext():
+            t_cond = bar.add_task("conditions", total=len(plan.conditions), rate="",
+                                  completed=len(plan.conditions) - len(todo))
+            t_tok = bar.add_task("tokens", total=total_tokens, rate="")
+
+            def evaluate(i: int) -> None:
+                nonlocal baseline_nll, computed, copied
+                cond = plan.conditions[i]
+                if base_idx is not None and baseline_nll is None and i != base_idx:
+                    claims.wait_claim(base_idx)  # another process may be computing the baseline
+                    claims.release(base_idx)
+                    if store.is_complete(out, base_idx):
+                        baseline_nll = store.open_store(out)["window_nll"].isel(condition=base_idx).values
+                twin = _completed_twin(out, plan, i)
+                if twin is not None:  # the same edit under another family label: copy, don't recompute
+                    store.copy_condition(out, twin, i)
+                    copied += 1
+                    return
+                bar.update(t_cond, description=f"{cond.label[:48]:<48}")
+                bar.reset(t_tok, total=total_tokens)
+                start, done_tokens = time.perf_counter(), [0]
+
+                def tick(n):
+                    done_tokens[0] += n
+                    rate = done_tokens[0] / max(time.perf_counter() - start, 1e-9)
+                    bar.update(t_tok, advance=n, rate=f"{rate:,.0f} tok/s")
+
+                forwards.fired_ok = True
+                n_w = ds.sizes["window"]
+                nll = np.full((len(corpora), n_w), np.nan)
+                loss = np.full(len(corpora), np.nan)
+                for j, corpus in enumerate(corpora):
+                    w = windows[corpus.name]
+                    sums, counts = score_windows(forwards.forward_for(cond, corpus), corpus.ids, w,
+                                                 protocol.batch_size, iv.device, progress=tick, prefix=prefix)
+                    nll[j, :len(w)] = sums
+                    loss[j] = sums.sum() / counts.sum()
+                ppl = np.array([safe_exp(x) if not math.isnan(x) else math.nan for x in loss])
+                bpb = np.array([bits_per_byte(x * sum(m["window_tokens"]), m["n_bytes"])
+                                for x, m in zip(loss, meta)])
+                if cond.kind == "baseline":
+                    changed = np.full(len(corpora), -1, dtype=np.int8)
+                elif baseline_nll is not None:
+                    diff = np.abs(nll - baseline_nll)
+                    same = np.where(np.isnan(nll) & np.isnan(baseline_nll), 0.0, diff)
+                    changed = np.where(np.isnan(same).any(axis=1), 1,
+                                       np.nanmax(same, axis=1) > 1e-6).astype(np.int8)
+                else:
+                    changed = np.full(len(corpora), -1, dtype=np.int8)
+                store.write_condition(out, i, {
+                    "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
+                    "qc_changed": changed, "qc_fired": np.array(forwards.fired_ok),
+                    "n_edits": np.array(len(cond.targets), dtype=np.int32),
+                    "elapsed_s": np.array(time.perf_counter() - start),
+                })
+                computed += 1
+                if cond.kind == "baseline":
+                    baseline_nll = nll
+                    bad = [k.name for k, x in zip(corpora, loss) if not np.isfinite(x)]
+                    if bad:
+                        raise RunError(f"the baseline loss is not finite on {', '.join(bad)} "
+                                       f"({', '.join(str(x) for x in loss)}): the model's weights or "
+                                       "logits are not finite; no condition was run")
+
+            for i in todo:
+                if not claims.try_claim(i):
+                    deferred.append(i)  # another process is on it; look again at the end
+                    continue
+                try:
+                    if not store.is_complete(out, i):
+                        evaluate(i)
+                finally:
+                    claims.release(i)
                 bar.advance(t_cond)
                 if on_condition:
-                    on_condition(i, cond)
-                continue
-            bar.update(t_cond, description=f"{cond.label[:48]:<48}")
-            bar.reset(t_tok, total=total_tokens)
-            start, done_tokens = time.perf_counter(), [0]
-
-            def tick(n):
-                done_tokens[0] += n
-                rate = done_tokens[0] / max(time.perf_counter() - start, 1e-9)
-                bar.update(t_tok, advance=n, rate=f"{rate:,.0f} tok/s")
-
-            n_w = ds.sizes["window"]
-            nll = np.full((len(corpora), n_w), np.nan)
-            loss = np.full(len(corpora), np.nan)
-            for j, corpus in enumerate(corpora):
-                forward = runner.forward_for(cond, corpus)
-                w = windows[corpus.name]
-                sums, counts = score_windows(forward, corpus.ids, w, batch_size, iv.device, progress=tick)
-                nll[j, :len(w)] = sums
-                loss[j] = sums.sum() / counts.sum()
-            ppl = np.array([safe_exp(x) for x in loss])
-            bpb = loss * np.array([m["n_tokens"] - 1 for m in meta]) / (
-                np.log(2) * np.array([m["n_bytes"] for m in meta]))
-            if cond.kind == "baseline":
-                baseline_nll = nll
-                changed = np.full(len(corpora), -1, dtype=np.int8)
-            elif baseline_nll is not None:
-                diff = np.nanmax(np.abs(nll - baseline_nll), axis=1)
-                changed = (diff > 1e-6).astype(np.int8)
-            else:
-                changed = np.full(len(corpora), -1, dtype=np.int8)
-            store.write_condition(out, i, {
-                "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
-                "qc_changed": changed, "qc_fired": np.array(True),
-                "n_edits": np.array(len(cond.targets), dtype=np.int32),
-                "elapsed_s": np.array(time.perf_counter() - start),
-            })
-            bar.advance(t_cond)
-            if on_condition:
-                on_condition(i, cond)
-    return store.open_store(out)
+                    on_condition(i, plan.conditions[i])
+            for i in deferred:
+                claims.wait_claim(i)  # returns when its holder finished, or died
+                try:
+                    if not store.is_complete(out, i):
+                        evaluate(i)
+                finally:
+                    claims.release(i)
+                bar.advance(t_cond)
+                if on_condition:
+                    on_condition(i, plan.conditions[i])
+    finally:
+        claims.release_all()
+    final = store.open_store(out)
+    if bool(final["complete"].all()):
+        claims.remove()
+    say(f"computed {computed} condition(s) here, copied {copied} identical edit(s)")
+    return final

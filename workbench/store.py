@@ -2,8 +2,10 @@
 
 The store is laid out in full when a run starts (every condition, NaN until done), so each
 condition is then written into its own region: atomic per condition (its ``complete`` flag is
-written last), resumable (a rerun skips complete conditions), and open to several writers
-working on different conditions.
+written last), resumable (a rerun skips complete conditions and re-verifies them), and shared
+by several writers, which claim conditions before computing them (``workbench.claims``).
+
+This module imports no torch: the app reads stores through it.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from workbench.labels import layer_ranges
-from workbench.plans import Plan
+
+if TYPE_CHECKING:
+    from workbench.plans import Plan
 
 FORMAT = "workbench.run/1"
 ZARR = {"zarr_format": 2}  # v2 keeps string coordinates portable across zarr readers
@@ -39,11 +46,14 @@ def _condition_coords(plan: Plan) -> dict:
         "roles": ("condition", ["+".join(c.roles) for c in cs]),
         "layers": ("condition", [layer_ranges(c.layers) if c.targets else "" for c in cs]),
         "n_targets": ("condition", np.array([len(c.targets) for c in cs], dtype=np.int32)),
-        "seed": ("condition", np.array([-1 if c.seed is None else c.seed for c in cs], dtype=np.int64)),
+        "draw_seed": ("condition", np.array([-1 if c.draw_seed is None else c.draw_seed for c in cs],
+                                            dtype=np.int64)),
+        "donor_seed": ("condition", np.array([-1 if c.donor_seed is None else c.donor_seed for c in cs],
+                                             dtype=np.int64)),
     }
 
 
-def template(plan: Plan, corpora, attrs: dict) -> xr.Dataset:
+def template(plan: "Plan", corpora, attrs: dict) -> xr.Dataset:
     """The empty store for ``plan`` x ``corpora`` (windows padded to the longest corpus)."""
     n_c, n_k = len(plan.conditions), len(corpora)
     n_w = max(len(k["window_tokens"]) for k in corpora)
@@ -60,7 +70,8 @@ def template(plan: Plan, corpora, attrs: dict) -> xr.Dataset:
                            {"description": "summed NLL (nats) of the tokens each window scores"}),
             "qc_changed": (("condition", "corpus"), np.full((n_c, n_k), -1, dtype=np.int8),
                            {"description": "1: output differs from baseline, 0: identical, -1: not checked"}),
-            "qc_fired": ("condition", np.zeros(n_c, dtype=bool)),
+            "qc_fired": ("condition", np.zeros(n_c, dtype=bool),
+                         {"description": "every planned edit fired in every batch of every corpus"}),
             "n_edits": ("condition", np.zeros(n_c, dtype=np.int32)),
             "elapsed_s": ("condition", np.full(n_c, np.nan)),
             "complete": ("condition", np.zeros(n_c, dtype=bool)),
@@ -70,7 +81,8 @@ def template(plan: Plan, corpora, attrs: dict) -> xr.Dataset:
         },
         coords={**_condition_coords(plan),
                 "corpus": ("corpus", [k["name"] for k in corpora]),
-                "corpus_source": ("corpus", [k["source"] for k in corpora])},
+                "corpus_source": ("corpus", [k["source"] for k in corpora]),
+                "corpus_sha256": ("corpus", [k.get("sha256", "") for k in corpora])},
         attrs={**attrs, "format": FORMAT, "plan_hash": plan.hash, "plan": plan.to_json()},
     )
     return ds
@@ -102,37 +114,85 @@ def open_store(path: str | Path) -> xr.Dataset:
     return _read(path)
 
 
+RESUME_FIELDS = {
+    "model": "model", "dtype": "dtype", "device_type": "device type", "config_hash": "config hash",
+    "weights_hash": "weights", "model_revision": "model revision", "tokenizer_hash": "tokenizer",
+    "protocol": "protocol", "reference": "reference", "corpora": "corpora", "plan_hash": "plan",
+    "donor_seed": "donor seed", "torch": "torch version", "transformers": "transformers version",
+}
+
+
+def resume_key(ds: xr.Dataset) -> dict:
+    key = json.loads(ds.attrs.get("resume_key", "{}"))
+    key["plan_hash"] = ds.attrs.get("plan_hash")
+    return key
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _check_matches(ds: xr.Dataset, expected: xr.Dataset, path: Path) -> None:
+    """Refuse to resume a store written with anything that changes a number."""
+    have, want = resume_key(ds), resume_key(expected)
     problems = []
-    for key in ("plan_hash", "model", "protocol"):
-        if ds.attrs.get(key) != expected.attrs.get(key):
-            problems.append(f"{key} {ds.attrs.get(key)!r} != {expected.attrs.get(key)!r}")
-    if list(ds.corpus.values) != list(expected.corpus.values):
-        problems.append(f"corpora {list(ds.corpus.values)} != {list(expected.corpus.values)}")
-    elif not np.array_equal(ds.n_tokens.values, expected.n_tokens.values):
-        problems.append("corpus token counts differ")
+    for key, name in RESUME_FIELDS.items():
+        if have.get(key) != want.get(key):
+            if isinstance(have.get(key), dict) and isinstance(want.get(key), dict):
+                inner = sorted(k for k in set(have[key]) | set(want[key]) if have[key].get(k) != want[key].get(k))
+                problems.append("; ".join(f"{name} {k}: store {_short(have[key].get(k))}, "
+                                          f"this run {_short(want[key].get(k))}" for k in inner))
+            else:
+                problems.append(f"{name}: store {_short(have.get(key))}, this run {_short(want.get(key))}")
     if problems:
-        raise StoreError(f"{path} holds a different run ({'; '.join(problems)}); "
-                         "choose another --out, or delete that store yourself to start over")
+        raise StoreError(f"{path} was written with a different setup ({'; '.join(problems)}); "
+                         "rerun with the store's settings, choose another --out, or delete that store "
+                         "yourself to start over")
 
 
-def create_or_resume(path: str | Path, plan: Plan, corpora, attrs: dict) -> xr.Dataset:
-    """Lay the store out atomically, or reopen it when it holds this very run."""
+def _clean_stale_layouts(path: Path) -> None:
+    """Remove half-laid-out stores left by a process that died while creating ``path``."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif time.time() - tmp.stat().st_mtime > 24 * 3600:  # another host's, a day old
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def create_or_resume(path: str | Path, plan: "Plan", corpora, attrs: dict) -> xr.Dataset:
+    """Lay the store out atomically, or reopen it when it holds this very run (and setup)."""
     path = Path(path)
     expected = template(plan, corpora, attrs)
-    if path.exists():
-        ds = _read(path)
-        _check_matches(ds, expected, path)
-        return ds
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        expected.to_zarr(tmp, mode="w-", consolidated=True, encoding=_encoding(expected), **ZARR)
-        os.rename(tmp, path)  # atomic: a store is either absent or fully laid out
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _read(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_layouts(path)
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            expected.to_zarr(tmp, mode="w-", consolidated=True, encoding=_encoding(expected), **ZARR)
+            try:
+                os.rename(tmp, path)  # atomic: a store is either absent or fully laid out
+            except OSError:
+                if not path.is_dir():  # not a concurrent creator's store: a real failure
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    ds = _read(path)
+    _check_matches(ds, expected, path)
+    return ds
 
 
 def pending(ds: xr.Dataset) -> list[int]:
@@ -140,17 +200,72 @@ def pending(ds: xr.Dataset) -> list[int]:
     return [i for i, ok in enumerate(done) if not ok]
 
 
+def _write_region(path, index: int, body: dict) -> None:
+    # consolidated=False: region writes leave the metadata alone, so concurrent writers never
+    # rewrite the shared .zmetadata file
+    xr.Dataset(body).to_zarr(path, region={"condition": slice(index, index + 1)}, mode="r+",
+                             consolidated=False, **ZARR)
+
+
 def write_condition(path: str | Path, index: int, values: dict[str, np.ndarray]) -> None:
     """Write one condition's results into its region, then mark it complete."""
-    region = {"condition": slice(index, index + 1)}
     body = {}
     for name, value in values.items():
         value = np.asarray(value)[None]
         dims = {1: ("condition",), 2: ("condition", "corpus"), 3: ("condition", "corpus", "window")}[value.ndim]
         body[name] = (dims, value)
-    xr.Dataset(body).to_zarr(path, region=region, mode="r+", **ZARR)
-    xr.Dataset({"complete": (("condition",), np.array([True]))}).to_zarr(
-        path, region=region, mode="r+", **ZARR)
+    _write_region(path, index, body)
+    _write_region(path, index, {"complete": (("condition",), np.array([True]))})
+
+
+def mark_incomplete(path: str | Path, indices) -> None:
+    for index in indices:
+        _write_region(path, index, {"complete": (("condition",), np.array([False]))})
+
+
+def is_complete(path: str | Path, index: int) -> bool:
+    """Read one condition's flag from disk now (another process may have just written it)."""
+    ds = xr.open_zarr(path, **ZARR, consolidated=True)
+    return bool(ds["complete"].isel(condition=index).values)
+
+
+def verify(ds: xr.Dataset) -> dict[int, str]:
+    """Conditions marked complete whose data are unreadable or missing: index -> what is wrong.
+
+    A deleted chunk reads as its fill value (NaN), so every complete condition must have a
+    finite elapsed time and, where its loss is finite, finite window NLLs at every scored window
+    that sum to that loss. A non-finite loss is a result (NaN logits), not damage, when the
+    window NLLs agree with it.
+    """
+    problems: dict[int, str] = {}
+    try:
+        done = np.flatnonzero(ds["complete"].values)
+        tokens = ds["window_tokens"].values
+    except Exception as exc:
+        return {-1: f"store index unreadable ({type(exc).__name__}: {exc})"}
+    scored = tokens > 0
+    for i in done:
+        try:
+            row = {name: ds[name].isel(condition=int(i)).values for name in RESULT_VARS}
+        except Exception as exc:  # a truncated chunk fails to decompress
+            problems[int(i)] = f"unreadable ({type(exc).__name__})"
+            continue
+        if not np.isfinite(row["elapsed_s"]):
+            problems[int(i)] = "missing data (elapsed_s)"
+            continue
+        nll = row["window_nll"]
+        for j in range(nll.shape[0]):
+            loss = row["loss"][j]
+            w = nll[j][scored[j]]
+            if np.isfinite(loss):
+                total = tokens[j][scored[j]].sum()
+                if not np.isfinite(w).all() or not np.isclose(w.sum() / total, loss, rtol=1e-9, atol=0):
+                    problems[int(i)] = f"missing or inconsistent data (window_nll, corpus {j})"
+                    break
+            elif np.isnan(loss) and np.isfinite(w).all():
+                problems[int(i)] = f"missing data (loss, corpus {j})"
+                break
+    return problems
 
 
 RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "qc_changed", "qc_fired",
@@ -159,7 +274,7 @@ RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "qc_changed"
 
 def copy_condition(path: str | Path, source: int, index: int) -> None:
     """Give condition ``index`` the results of ``source`` (the same edit under another label)."""
-    ds = xr.open_zarr(path, **ZARR, consolidated=True)
+    ds = xr.open_zarr(path, **ZARR, consolidated=True)  # fresh: another process may have written it
     values = {name: ds[name].isel(condition=source).values for name in RESULT_VARS}
     values["elapsed_s"] = np.array(0.0)
     write_condition(path, index, values)

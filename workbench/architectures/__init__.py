@@ -125,8 +125,9 @@ def component_map(model: torch.nn.Module) -> ComponentMap:
     return ComponentMap(model_type, family.name, n_layers, tuple(sorted(found)))
 
 
-def random_model(model_type: str, seed: int = 0):
-    """A tiny random-weight causal LM of a supported family, with a byte-level tokenizer."""
+def random_model(model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A tiny random-weight causal LM of a supported family, with a byte-level tokenizer
+    (built in ``dtype`` so Hugging Face's float32 exceptions hold)."""
     from transformers import AutoModelForCausalLM
 
     from workbench.tokenization import byte_tokenizer
@@ -134,5 +135,5 @@ def random_model(model_type: str, seed: int = 0):
     family = family_for(model_type)
     config = family.tiny_config()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval(), byte_tokenizer()

@@ -5,6 +5,14 @@ later window ends ``stride`` tokens after the previous one (or at the end of the
 the ``context`` tokens before its end, and scores only its last ``stride`` tokens, so each of
 them sees at least ``context - stride`` tokens of left context. With ``stride >= context`` a
 window keeps one token of left context and scores ``context - 1`` tokens.
+
+With a prefix token (BOS, for models trained to see one first) every window's input starts
+with it, windows hold ``context - 1`` text tokens (the model still sees ``context``), and the
+first token of the text is scored too, predicted from the prefix (lm-evaluation-harness's
+rolling log-likelihood does the same).
+
+Bits per byte divide the summed NLL (nats) of the scored tokens by ln 2 times the UTF-8 bytes
+those tokens cover (``workbench.corpora.Corpus.scored_bytes``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-Forward = Callable[[torch.Tensor, list], torch.Tensor]  # (ids (B, L), windows) -> logits (B, L, V)
+# (ids (B, L), windows, keep) -> logits of the last ``keep`` positions (B, keep, V)
+Forward = Callable[[torch.Tensor, list, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,15 +40,19 @@ class Window:
         return self.end - self.score_from
 
 
-def rolling_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
+def rolling_windows(n_tokens: int, context: int, stride: int, prefix: bool = False) -> list[Window]:
+    """Windows over a stream of ``n_tokens`` (``prefix``: one input slot is the prefix token)."""
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens, got {context}")
     if not 1 <= stride <= context:
         raise ValueError(f"stride must be between 1 and context ({context}), got {stride}")
     if n_tokens < 2:
         raise ValueError(f"need at least 2 tokens to score, got {n_tokens}")
+    if prefix:
+        context -= 1
+        stride = min(stride, context)
     first_end = min(context, n_tokens)
-    windows = [Window(0, first_end, 1)]
+    windows = [Window(0, first_end, 0 if prefix else 1)]
     prev_end = first_end
     while prev_end < n_tokens:
         end = min(prev_end + stride, n_tokens)
@@ -74,9 +87,14 @@ class PerplexityResult:
 
     @property
     def bits_per_byte(self) -> float:
-        if not self.n_bytes:
-            return math.nan
-        return self.loss * self.n_tokens / (math.log(2) * self.n_bytes)
+        return bits_per_byte(self.loss * self.n_tokens, self.n_bytes)
+
+
+def bits_per_byte(nll_nats: float, n_bytes: int | None) -> float:
+    """Summed NLL (nats) of the scored tokens over the UTF-8 bytes those tokens cover, in bits."""
+    if not n_bytes:
+        return math.nan
+    return nll_nats / (math.log(2) * n_bytes)
 
 
 def _batches(windows: list[Window], batch_size: int):
@@ -89,41 +107,63 @@ def _batches(windows: list[Window], batch_size: int):
             yield idx[k:k + batch_size]
 
 
+def keep_for(batch: list[Window], prefix: bool = False) -> int:
+    """Logit positions a batch needs: from the one before its earliest scored token to the end."""
+    shift = int(prefix)
+    return max(w.end - w.score_from + 1 - shift for w in batch)
+
+
 @torch.no_grad()
 def score_windows(forward: Forward, input_ids: torch.Tensor, windows: list[Window],
                   batch_size: int = 8, device: torch.device | str = "cpu",
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL (float64) and scored-token count for each window."""
+                  progress: Callable[[int], None] | None = None,
+                  prefix: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL (float64) and scored-token count for each window.
+
+    Only the logits of positions that predict a scored token are computed (``keep``), and each
+    batch's logits are reduced to NLLs before the next batch runs.
+    """
     nll = np.zeros(len(windows), dtype=np.float64)
     count = np.array([w.n_scored for w in windows], dtype=np.int64)
+    shift = int(prefix is not None)
     for idx in _batches(windows, batch_size):
         batch = [windows[i] for i in idx]
-        ids = torch.stack([input_ids[w.begin:w.end] for w in batch]).to(device)
-        logits = forward(ids, batch)
+        ids = torch.stack([input_ids[w.begin:w.end] for w in batch])
+        if prefix is not None:
+            ids = torch.cat([torch.full((len(batch), 1), prefix, dtype=ids.dtype), ids], dim=1)
+        ids = ids.to(device)
+        keep = min(keep_for(batch, prefix is not None), ids.shape[1])
+        logits = forward(ids, batch, keep)
+        offset = ids.shape[1] - logits.shape[1]  # absolute input position of logits[:, 0]
         for row, (i, w) in enumerate(zip(idx, batch)):
-            first = w.score_from - w.begin  # local index of first scored target
-            pred = logits[row, first - 1:w.end - w.begin - 1].float()
+            first = w.score_from - w.begin + shift  # input index of the first scored target
+            pred = logits[row, first - 1 - offset:ids.shape[1] - 1 - offset].float()
             target = ids[row, first:].to(pred.device)
-            # per-token NLL in float32, summed in float64
-            nll[i] = F.cross_entropy(pred, target, reduction="none").double().sum().item()
+            # per-token NLL in float32, summed in float64 on the CPU (float64 is not on every device)
+            nll[i] = F.cross_entropy(pred, target, reduction="none").cpu().double().sum().item()
+        del logits
         if progress:
             progress(int(count[idx].sum()))
     return nll, count
 
 
 def plain_forward(model: torch.nn.Module) -> Forward:
-    def forward(ids, _windows):
-        return model(input_ids=ids).logits
+    def forward(ids, _windows, keep=0):
+        return model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
     return forward
 
 
 def perplexity(model: torch.nn.Module, input_ids: torch.Tensor, context: int = 512,
                stride: int = 256, batch_size: int = 8, n_bytes: int | None = None,
-               forward: Forward | None = None) -> PerplexityResult:
-    """Perplexity of ``model`` (or of ``forward``, e.g. an ablated run) over a 1-D token stream."""
+               forward: Forward | None = None, prefix: int | None = None) -> PerplexityResult:
+    """Perplexity of ``model`` (or of ``forward``, e.g. an ablated run) over a 1-D token stream.
+
+    ``n_bytes``: the bytes the scored tokens cover, for bits per byte.
+    """
     input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
-    windows = rolling_windows(len(input_ids), context, stride)
+    windows = rolling_windows(len(input_ids), context, stride, prefix=prefix is not None)
     device = next(model.parameters()).device if model is not None else "cpu"
-    nll, count = score_windows(forward or plain_forward(model), input_ids, windows, batch_size, device)
+    nll, count = score_windows(forward or plain_forward(model), input_ids, windows, batch_size, device,
+                               prefix=prefix)
     return PerplexityResult(loss=float(nll.sum() / count.sum()), n_tokens=int(count.sum()),
                             n_bytes=n_bytes, window_nll=nll, window_tokens=count)

@@ -58,7 +58,7 @@ def evaluate_heldout(model_dir: Path, sets=HELDOUT_SETS) -> tuple[dict[str, dict
     for name in sets:
         corpus = load_corpus(name, loaded.tokenizer)
         r = perplexity(loaded.model, corpus.ids, context=PROTOCOL["context"], stride=PROTOCOL["stride"],
-                       batch_size=PROTOCOL["batch_size"], n_bytes=corpus.n_bytes)
+                       batch_size=PROTOCOL["batch_size"], n_bytes=corpus.scored_bytes())
         results[name] = {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte,
                          "n_tokens": r.n_tokens}
         windows[name] = {"nll": [float(x) for x in r.window_nll], "tokens": [int(x) for x in r.window_tokens]}
