@@ -93,7 +93,8 @@ def lens_logits(model: torch.nn.Module, hidden: torch.Tensor, source: Source = N
     ro = readout_for(model, source)
     norm = model.get_submodule(ro.final_norm)
     unembed = model.get_submodule(ro.unembed)
-    param = next(model.parameters())
+    param = getattr(unembed, "weight", None)
+    param = param if isinstance(param, torch.Tensor) else next(model.parameters())
     flat = hidden.reshape(-1, hidden.shape[-1])
     parts = []
     for start in range(0, flat.shape[0], chunk):
