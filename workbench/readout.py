@@ -28,7 +28,8 @@ def readout_for(model: torch.nn.Module, source: Source = None) -> Readout:
     if source is None:
         source = getattr(getattr(model, "config", None), "model_type", None)
     if not isinstance(source, str):
-        raise TypeError(f"expected a Family, ComponentMap, Readout or model_type, got {type(source).__name__}")
+        raise TypeError("expected a Family, ComponentMap, Readout or model_type, "
+                        f"got {type(source).__name__}")
     return family_for(source).readout
 
 
