@@ -13,9 +13,9 @@ from functools import lru_cache
 
 import torch
 
-from workbench.architectures.base import MIXER_ROLES, ROLES, Component, Family
+from workbench.architectures.base import MIXER_ROLES, ROLES, Component, Family, Readout
 
-__all__ = ["Component", "ComponentMap", "Family", "ROLES", "MIXER_ROLES", "UnsupportedArchitecture",
+__all__ = ["Component", "ComponentMap", "Family", "Readout", "ROLES", "MIXER_ROLES", "UnsupportedArchitecture",
            "component_map", "families", "family_for", "random_model"]
 
 

@@ -6,7 +6,7 @@ norm is ``model.final_layernorm``. Config ``layer_types`` says ``linear_attentio
 layers (transformers' generic name for recurrent mixers), which is role ``ssm`` here.
 """
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import Family, Readout
 
 
 def tiny_config():
@@ -34,4 +34,5 @@ FAMILY = Family(
     children={"mamba": ("ssm", "out_proj"), "self_attn": ("attention", "o_proj"),
               "feed_forward": ("mlp", "down_proj")},
     expected_counts=expected_counts,
+    readout=Readout(final_norm="model.final_layernorm"),
 )

@@ -36,6 +36,26 @@ class Component:
                 "topology": self.topology, "out_proj": self.out_proj}
 
 
+@dataclass(frozen=True)
+class Readout:
+    """Where a family's residual stream enters and leaves, and what the model applies on the way.
+
+    Paths are module paths from the causal-LM root; ``*_attr`` name attributes of
+    ``model.config`` (None: the family applies nothing there). The model computes
+    ``embed(ids) * embed_multiplier`` as the residual entering layer 0 and
+    ``softcap(unembed(final_norm(h)) * logit_multiplier / logit_divisor)`` as logits, where
+    ``softcap(x) = c * tanh(x / c)`` when the config sets ``c``.
+    """
+
+    final_norm: str = "model.norm"
+    unembed: str = "lm_head"
+    embed: str = "model.embed_tokens"
+    embed_multiplier_attr: str | None = None
+    logit_multiplier_attr: str | None = None
+    logit_divisor_attr: str | None = None
+    softcap_attr: str | None = None
+
+
 @dataclass
 class Family:
     """One architecture family: how to find its components and how to build a tiny one."""
@@ -49,6 +69,7 @@ class Family:
     parallel_roles: tuple[str, ...] = ()  # roles that run side by side in one block
     components: Callable[["Family", torch.nn.Module], list[Component]] | None = None
     expected_counts: Callable[[object], dict[str, int]] | None = None  # from config, for tests
+    readout: Readout = field(default_factory=Readout)  # final norm, unembedding, logit transform
 
     def find(self, model: torch.nn.Module) -> list[Component]:
         if self.components is not None:

@@ -1,7 +1,7 @@
 """Falcon-H1: a Mamba-2 branch and an attention branch on the same normed input, each scaled by
 a config multiplier and summed into the residual; then the MLP (``feed_forward``)."""
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import Family, Readout
 
 
 def tiny_config():
@@ -30,4 +30,7 @@ FAMILY = Family(
               "feed_forward": ("mlp", "down_proj")},
     parallel_roles=("attention", "ssm"),
     expected_counts=expected_counts,
+    # The embedding output is multiplied inside the model's forward, the logits after lm_head.
+    readout=Readout(final_norm="model.final_layernorm", embed_multiplier_attr="embedding_multiplier",
+                    logit_multiplier_attr="lm_head_multiplier"),
 )

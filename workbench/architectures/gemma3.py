@@ -13,7 +13,7 @@ The multimodal ``gemma3`` checkpoints (``Gemma3ForConditionalGeneration``) are m
 ``gemma3_multimodal.py``.
 """
 
-from workbench.architectures.base import TRANSFORMER_CHILDREN, Family, transformer_counts
+from workbench.architectures.base import TRANSFORMER_CHILDREN, Family, Readout, transformer_counts
 
 
 def text_config():
@@ -23,7 +23,7 @@ def text_config():
     return Gemma3TextConfig(
         vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-        sliding_window=8,
+        sliding_window=8, final_logit_softcapping=5.0,  # a low cap, so a lens without it is caught
         layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
         max_position_embeddings=1024,
     )
@@ -39,4 +39,6 @@ FAMILY = Family(
     tiny_config=tiny_config,
     children=TRANSFORMER_CHILDREN,
     expected_counts=transformer_counts,
+    # sqrt(hidden_size) is applied inside ``embed_tokens`` (a scaled embedding module).
+    readout=Readout(softcap_attr="final_logit_softcapping"),
 )

@@ -5,7 +5,7 @@ components). The layers are the same as ``gemma3_text`` (see ``gemma3.py`` for t
 text-only inputs never touch the vision tower.
 """
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import Family, Readout
 from workbench.architectures.gemma3 import text_config
 
 
@@ -33,4 +33,7 @@ FAMILY = Family(
     children={"self_attn": ("attention", "o_proj"), "mlp": ("mlp", "down_proj")},
     layers_path="model.language_model.layers",
     expected_counts=expected_counts,
+    # Gemma3ForConditionalGeneration (transformers 5) applies no logit soft-cap, whatever the
+    # text config says; sqrt(hidden_size) is inside ``embed_tokens``.
+    readout=Readout(final_norm="model.language_model.norm", embed="model.language_model.embed_tokens"),
 )

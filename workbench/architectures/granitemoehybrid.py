@@ -15,7 +15,7 @@ The channel mixer is where this family does not fit one module path:
   label, so MoE layers get **no** ``mlp`` component (the layer and its mixer are still mapped).
 """
 
-from workbench.architectures.base import Component, Family, get_module
+from workbench.architectures.base import Component, Family, Readout, get_module
 
 _MAMBA = ("mamba", "linear_attention")
 _ATTENTION = ("attention", "full_attention")
@@ -71,4 +71,5 @@ FAMILY = Family(
     tiny_config=tiny_config,
     components=components,
     expected_counts=expected_counts,
+    readout=Readout(embed_multiplier_attr="embedding_multiplier", logit_divisor_attr="logits_scaling"),
 )

@@ -7,7 +7,7 @@ Quirks: the MoE block (router + experts, no shared expert) has no single output 
 attention a tuple ``(output, weights)``. Final norm: ``model.final_layernorm``.
 """
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import Family, Readout
 
 
 def tiny_config():
@@ -35,4 +35,5 @@ FAMILY = Family(
     children={"mamba": ("ssm", "out_proj"), "self_attn": ("attention", "o_proj"),
               "feed_forward": ("mlp", "down_proj")},
     expected_counts=expected_counts,
+    readout=Readout(final_norm="model.final_layernorm"),
 )

@@ -9,7 +9,7 @@ Quirks:
   the embeddings), which a logit lens must use.
 """
 
-from workbench.architectures.base import Family
+from workbench.architectures.base import Family, Readout
 
 
 def tiny_config():
@@ -36,4 +36,5 @@ FAMILY = Family(
     children={"conv": ("conv", "out_proj"), "self_attn": ("attention", "out_proj"),
               "feed_forward": ("mlp", "w2")},
     expected_counts=expected_counts,
+    readout=Readout(final_norm="model.embedding_norm"),
 )

@@ -16,7 +16,7 @@ classic Transformer layer spans two consecutive indices here. The final norm is
 
 import torch
 
-from workbench.architectures.base import Component, Family, get_module
+from workbench.architectures.base import Component, Family, Readout, get_module
 
 # block type (new and legacy names) -> (role, output Linear of the mixer or None)
 _MIXERS = {
@@ -69,4 +69,5 @@ FAMILY = Family(
     tiny_config=tiny_config,
     components=components,
     expected_counts=expected_counts,
+    readout=Readout(final_norm="model.norm_f", embed="model.embeddings"),
 )

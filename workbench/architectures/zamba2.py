@@ -28,7 +28,7 @@ How the shared transformer is mapped, and why this is honest:
   hybrid layer removes the shared block call and the Mamba layer together.
 """
 
-from workbench.architectures.base import Component, Family, get_module
+from workbench.architectures.base import Component, Family, Readout, get_module
 
 
 def tiny_config():
@@ -78,4 +78,5 @@ FAMILY = Family(
     tiny_config=tiny_config,
     components=components,
     expected_counts=expected_counts,
+    readout=Readout(final_norm="model.final_layernorm"),
 )
