@@ -84,3 +84,22 @@ def test_shipped_lexicon():
     assert set(lex.values()) == set(WORD_CLASS) - {"other"}
     ds = token_labels(ids("The", " cat", " sat"), VOCAB)
     assert decode(ds, "word_class") == ["other", "noun", "verb"]
+
+
+def test_lexicon_builder(tmp_path):
+    from workbench.databuild.lexicon import build_lexicon
+
+    wn = tmp_path / "wordnet"
+    wn.mkdir()
+    index = {"noun": ["walk n 7 0", "run n 16 0", "cat n 8 0", "in n 3 0"],
+             "verb": ["walk v 10 0", "run v 41 0", "be v 13 0"],
+             "adj": ["happy a 4 0", "late a 10 0"], "adv": ["quickly r 2 0", "late r 4 0"]}
+    for pos, rows in index.items():
+        (wn / f"index.{pos}").write_text("  1 licence header line\n" + "\n".join(rows) + "\n")
+        (wn / f"{pos}.exc").write_text("was be\nrunning run\n" if pos == "verb" else "")
+    (tmp_path / "c.txt").write_text("The cats walked in late; she was happy, quickly running. Don't 42")
+    out = tmp_path / "lex.tsv"
+    assert build_lexicon(wn, [tmp_path / "c.txt"], out) == 7
+    lex = load_lexicon(out)
+    assert lex == {"cats": "noun", "walked": "verb", "late": "adjective", "was": "verb", "happy": "adjective",
+                   "quickly": "adverb", "running": "verb"}
