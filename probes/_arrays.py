@@ -16,7 +16,7 @@ def to_numpy(x, dtype=None) -> np.ndarray:
     """numpy view of a numpy array, xarray object or torch tensor (moved to the CPU)."""
     if hasattr(x, "detach"):  # torch.Tensor
         x = x.detach()
-        if dtype is not None and str(x.dtype) == "torch.bfloat16":
+        if str(x.dtype) == "torch.bfloat16":
             x = x.float()  # numpy has no bfloat16
         x = x.cpu().numpy()
     elif isinstance(x, xr.DataArray):

@@ -1,7 +1,9 @@
 """Logit-lens diagnostics from lens logits: how close each layer's readout is to the model's.
 
 The readout itself (final norm, unembedding, any family's logit multipliers) is done by the
-caller; this module takes its outputs. Inputs may be logits or log-probabilities (both go
+caller; this module takes its outputs. Mind that transformers' ``output_hidden_states[-1]``
+already has the final norm applied (lm_head of it gives the logits, checked on mini-qwen2.5):
+normalising it again corrupts the last layer's lens; capture the last layer's own output. Inputs may be logits or log-probabilities (both go
 through log_softmax), as numpy, torch (any device: only one chunk at a time is moved to the
 CPU) or xarray. Work proceeds in chunks of tokens in float64, so a (layer, token, vocab)
 input with a 150k vocabulary never needs more than a few chunks in memory.

@@ -1,7 +1,8 @@
 """Norm drift: how far an ablation moves the residual stream, layer by layer.
 
 Inputs are residual streams ``(layer, token, d_model)`` (numpy, torch or xarray with those
-dims), the residual *after* each layer. Reductions are in float64, one layer at a time.
+dims), the residual *after* each layer (before the final norm: transformers'
+``output_hidden_states[-1]`` is already normed). Reductions are in float64, one layer at a time.
 Where a norm is zero a ratio or cosine is undefined: that token is NaN and left out of the
 mean over tokens; a layer with no defined token is NaN.
 
