@@ -115,3 +115,94 @@ def cka_by_layer(a: xr.DataArray, b: xr.DataArray, dim: str = "token", *, debias
     out.attrs = {"estimator": "linear CKA, " + ("debiased (unbiased HSIC)" if debiased else "standard (biased HSIC)"),
                  "samples_dim": dim}
     return out
+
+
+def _resid_da(x, name: str) -> xr.DataArray:
+    if isinstance(x, xr.DataArray):
+        return x
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be (layer, token, d_model), got shape {x.shape}")
+    return xr.DataArray(x, dims=("layer", "token", "d_model"), coords={"layer": np.arange(x.shape[0])})
+
+
+def cka_to_clean(resid, clean=None, *, baseline: str = "baseline") -> xr.Dataset:
+    """``cka_linear(condition, layer)`` and ``cka_debiased(condition, layer)`` of each condition's
+    residuals against the clean run's at the same layer.
+
+    ``resid``: a DataArray (condition, layer, token, d_model) or a mapping condition ->
+    (layer, token, d_model). ``clean``: the clean residuals (layer, token, d_model); by default
+    the ``baseline`` condition of ``resid``.
+    """
+    if isinstance(resid, xr.DataArray):
+        if "condition" not in resid.dims:
+            raise ValueError(f"resid needs a 'condition' dim, has {resid.dims}")
+        runs = {str(c): resid.isel(condition=i, drop=True) for i, c in enumerate(resid["condition"].values)}
+    else:
+        runs = {str(k): _resid_da(v, f"resid[{k!r}]") for k, v in resid.items()}
+    if clean is None:
+        if baseline not in runs:
+            raise ValueError(f"no {baseline!r} condition among {list(runs)}; pass clean=")
+        clean = runs[baseline]
+    clean = _resid_da(clean, "clean")
+    names = list(runs)
+    lin = [cka_by_layer(runs[c], clean) for c in names]
+    deb = [cka_by_layer(runs[c], clean, debiased=True) for c in names]
+    cond = xr.DataArray(names, dims="condition", name="condition")
+    return xr.Dataset({"cka_linear": xr.concat(lin, dim=cond), "cka_debiased": xr.concat(deb, dim=cond)},
+                      attrs={"reference": "clean run at the same layer", "samples_dim": "token",
+                             "estimators": "linear CKA, standard (biased HSIC) and debiased (unbiased HSIC)"})
+
+
+def _centred_grams(x, n_layers: int) -> tuple[list[np.ndarray], np.ndarray]:
+    grams = []
+    for i in range(n_layers):
+        m = _as_matrix(x[i], "layer activations")
+        m = m - m.mean(axis=0)
+        grams.append(m @ m.T)
+    return grams, np.array([np.linalg.norm(g) for g in grams])
+
+
+def _hsic_gram(k: np.ndarray, l: np.ndarray) -> float:
+    """Unbiased HSIC (times n(n-3)) from Gram matrices with zeroed diagonals."""
+    n = k.shape[0]
+    rk, rl = k.sum(axis=1), l.sum(axis=1)
+    return float((k * l).sum() + rk.sum() * rl.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (rk @ rl))
+
+
+def cka_matrix(a, b=None, *, debiased: bool = False) -> xr.DataArray:
+    """``cka(layer_a, layer_b)`` between every layer of ``a`` and every layer of ``b``
+    (both (layer, token, d), the same tokens; ``b`` defaults to ``a``).
+
+    Uses token x token Gram matrices (one per layer, float64), cheap when tokens are few
+    relative to width, as for a few hundred tokens of a 1k-wide model; the values equal
+    ``linear_cka`` / ``linear_cka_debiased`` pair by pair.
+    """
+    a = _resid_da(a, "a").transpose("layer", "token", ...)
+    b = a if b is None else _resid_da(b, "b").transpose("layer", "token", ...)
+    if a.sizes["token"] != b.sizes["token"]:
+        raise ValueError(f"a and b need the same number of tokens: {a.sizes['token']} != {b.sizes['token']}")
+    n = a.sizes["token"]
+    if debiased and n < 4:
+        raise ValueError(f"debiased CKA needs at least 4 samples, got {n}")
+    ga, na = _centred_grams(a.values, a.sizes["layer"])
+    gb, nb = (ga, na) if b is a else _centred_grams(b.values, b.sizes["layer"])
+    out = np.full((len(ga), len(gb)), np.nan)
+    if debiased:
+        for g in (*ga, *([] if b is a else gb)):
+            np.fill_diagonal(g, 0.0)  # unbiased HSIC uses Grams without their diagonals
+        sa = np.array([_hsic_gram(g, g) for g in ga])
+        sb = sa if b is a else np.array([_hsic_gram(g, g) for g in gb])
+        for i, gi in enumerate(ga):
+            for j, gj in enumerate(gb):
+                if sa[i] > 0 and sb[j] > 0:
+                    out[i, j] = _hsic_gram(gi, gj) / np.sqrt(sa[i] * sb[j])
+    else:
+        for i, gi in enumerate(ga):
+            for j, gj in enumerate(gb):
+                out[i, j] = _ratio(float((gi * gj).sum()), na[i] * nb[j])
+    la = a["layer"].values if "layer" in a.coords else np.arange(a.sizes["layer"])
+    lb = b["layer"].values if "layer" in b.coords else np.arange(b.sizes["layer"])
+    return xr.DataArray(out, dims=("layer_a", "layer_b"), coords={"layer_a": la, "layer_b": lb}, name="cka",
+                        attrs={"estimator": "linear CKA, " + ("debiased (unbiased HSIC)" if debiased
+                                                              else "standard (biased HSIC)")})

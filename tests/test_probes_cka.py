@@ -148,3 +148,48 @@ def test_cka_by_layer_different_widths_and_shared_layers():
         cka_by_layer(a, b.isel(token=slice(0, 10)))
     with pytest.raises(ValueError, match="needs dims"):
         cka_by_layer(a.isel(layer=0), b)
+
+
+def test_cka_to_clean_over_conditions():
+    from probes.cka import cka_to_clean
+
+    rng = np.random.default_rng(4)
+    clean = rng.normal(size=(3, 40, 8))
+    runs = {"baseline": clean, "rotated": clean @ orthogonal(8, 1), "noise": rng.normal(size=(3, 40, 8))}
+    ds = cka_to_clean(runs)
+    assert ds["cka_linear"].dims == ("condition", "layer") and ds["cka_debiased"].dims == ("condition", "layer")
+    assert list(ds.condition.values) == ["baseline", "rotated", "noise"]
+    np.testing.assert_allclose(ds["cka_linear"].sel(condition=["baseline", "rotated"]), 1.0)
+    np.testing.assert_allclose(ds["cka_debiased"].sel(condition="rotated"), 1.0)
+    for layer in range(3):
+        assert float(ds["cka_debiased"].sel(condition="noise", layer=layer)) == pytest.approx(
+            linear_cka_debiased(runs["noise"][layer], clean[layer]))
+    stacked = xr.DataArray(np.stack(list(runs.values())), dims=("condition", "layer", "token", "d_model"),
+                           coords={"condition": list(runs), "layer": [2, 5, 9]})
+    other = cka_to_clean(stacked)
+    assert list(other.layer.values) == [2, 5, 9]
+    np.testing.assert_allclose(other["cka_linear"].values, ds["cka_linear"].values)
+    with pytest.raises(ValueError, match="no 'baseline' condition"):
+        cka_to_clean({"noise": clean})
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_matches_pairwise(debiased):
+    from probes.cka import cka_matrix
+
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(3, 30, 7))
+    a[1] = a[0] @ rng.normal(size=(7, 7)) + 0.3 * rng.normal(size=(30, 7))
+    b = rng.normal(size=(2, 30, 11))
+    fn = linear_cka_debiased if debiased else linear_cka
+    m = cka_matrix(a, b, debiased=debiased)
+    assert m.dims == ("layer_a", "layer_b") and m.shape == (3, 2) and m.name == "cka"
+    for i in range(3):
+        for j in range(2):
+            assert float(m[i, j]) == pytest.approx(fn(a[i], b[j]), rel=1e-9, abs=1e-12)
+    self_m = cka_matrix(a, debiased=debiased)
+    np.testing.assert_allclose(np.diag(self_m), 1.0)
+    np.testing.assert_allclose(self_m.values, self_m.values.T, atol=1e-12)
+    assert float(self_m[0, 1]) == pytest.approx(fn(a[0], a[1]), rel=1e-9)
+    a[2] = 0.0  # a layer without variance: NaN, not a crash
+    assert np.isnan(cka_matrix(a, debiased=debiased)[2, 0])
