@@ -23,10 +23,12 @@ class Claims:
     def __init__(self, store: str | Path):
         store = Path(store)
         self.root = store.with_name(f".{store.name}.claims")
-        self.root.mkdir(exist_ok=True)
         self._held: dict[int, int] = {}  # condition index -> open file descriptor
 
     def _open(self, index: int) -> int:
+        # the folder goes once the store is complete; a late process recreates it (and then
+        # finds every condition complete, so nothing is computed twice)
+        self.root.mkdir(exist_ok=True)
         return os.open(self.root / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     def _acquire(self, index: int, blocking: bool) -> bool:

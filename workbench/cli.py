@@ -268,7 +268,12 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # non-standalone typer returns exit codes instead of exiting (Ctrl-C becomes 130)
+        code = app(standalone_mode=False, prog_name="workbench")
+        if isinstance(code, int) and code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except _user_errors() as exc:
         _fail(str(exc), 2)
     except (typer.Abort, KeyboardInterrupt):

@@ -35,6 +35,12 @@ def check_model(iv: Intervener, vocab_size: int | None = None) -> dict:
             problems.append(f"{comp.key} ({comp.path}) outputs shape {shape}, not the residual's "
                             f"{tuple(residual)}")
     changed = {}
+    finite = bool(torch.isfinite(clean.logits).all())
+    if not finite:  # NaN/inf weights: no change can be seen; the run reports the non-finite loss
+        problems_note = "the clean logits are not finite; the edit check was skipped"
+        return {"ok": not problems, "tokens": N_CHECK_TOKENS, "components_checked": len(cmap.components),
+                "residual_shape": list(residual), "max_logit_change": {}, "problems": problems,
+                "note": problems_note}
     for role in cmap.roles():
         comp = cmap.by_role(role)[0]
         mode = "skip_layer" if role == "layer" else "zero"

@@ -107,10 +107,10 @@ def _batches(windows: list[Window], batch_size: int):
             yield idx[k:k + batch_size]
 
 
-def keep_for(batch: list[Window], prefix: bool = False) -> int:
-    """Logit positions a batch needs: from the one before its earliest scored token to the end."""
-    shift = int(prefix)
-    return max(w.end - w.score_from + 1 - shift for w in batch)
+def keep_for(batch: list[Window]) -> int:
+    """Logit positions a batch needs: from the one before its earliest scored token to the end
+    (a prefix token shifts both ends alike)."""
+    return max(w.end - w.score_from + 1 for w in batch)
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def score_windows(forward: Forward, input_ids: torch.Tensor, windows: list[Windo
         if prefix is not None:
             ids = torch.cat([torch.full((len(batch), 1), prefix, dtype=ids.dtype), ids], dim=1)
         ids = ids.to(device)
-        keep = min(keep_for(batch, prefix is not None), ids.shape[1])
+        keep = min(keep_for(batch), ids.shape[1])
         logits = forward(ids, batch, keep)
         offset = ids.shape[1] - logits.shape[1]  # absolute input position of logits[:, 0]
         for row, (i, w) in enumerate(zip(idx, batch)):
