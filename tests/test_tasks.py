@@ -309,7 +309,7 @@ def test_bigbench_builders(tmp_path):
     assert {it["gold"] for it in sva} == {0, 1}  # shuffled: gold not always first
     tqa = build.truthfulqa_items(root / "truthful_qa", seed=0)
     assert len(tqa) == 1  # two true answers: not MC1
-    assert tqa[0]["context"] == "Q: hi?\nA: Hello.\n\nQ: Is the sky green?\nA:"
+    assert tqa[0]["context"] == "Q: Is the sky green?\nA:"  # no few-shot prompt
     assert tqa[0]["choices"][tqa[0]["gold"]] == "No."
 
 
@@ -320,3 +320,23 @@ def test_write_task_round_trips_through_registry(tmp_path):
     assert full["chance"] == 0.25 and full["n_items"] == 1
     task = get_tasks(["lw"], root=tmp_path)[0]
     assert [i.id for i in task.items()] == ["news-0"]
+
+
+def test_last_word_context_is_trimmed_to_whole_sentences():
+    doc = ("Alpha beta gamma delta. " * 30) + "The river flooded the river valley again and the river."
+    items = build.last_word_items({"s": [doc]}, n=5, seed=0, min_words=5, max_words=20)
+    it = items[0]
+    assert it["choices"][it["gold"]] == "river"
+    assert it["context"] == "Alpha beta gamma delta. Alpha beta gamma delta. The river flooded the river valley again and the"
+
+
+def test_acc_norm_divides_by_utf8_bytes_not_characters(tmp_path):
+    tok = CharTokenizer("xé ")
+    x, e, sp = tok.vocab["x"], tok.vocab["é"], tok.vocab[" "]
+    fwd = table_forward({sp: -1.0, e: -2.0, x: -1.3}, len(tok))
+    task = _task(tmp_path, "utf", [{"id": "1", "context": "x", "choices": ["é", "xxx"], "gold": 0}])
+    ds = mc.score_tasks(fwd, tok, [task])
+    assert ds.n_bytes.sel(task="utf").values[0].tolist() == [3, 4]
+    # per byte: -3/3 = -1.0 beats -4.9/4 = -1.225; per character (lm-eval) " é" would get -3/2 = -1.5 and lose
+    assert ds.correct.sel(task="utf", metric="acc_norm").item() == 1.0
+    assert ds.correct.sel(task="utf", metric="acc").item() == 1.0  # -3.0 > -4.9

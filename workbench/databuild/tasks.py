@@ -20,7 +20,8 @@ from . import clean
 from .fileio import atomic_write_text, sha256_file
 
 SEED = 0
-N_ITEMS = 400
+N_ITEMS = 400  # short items (agreement, WordNet)
+N_GENERATED = 300  # passage-length items: keeps all tasks at about 300k tokens per model
 BIGBENCH_TASKS_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 BIGBENCH_TASKS = ("subject_verb_agreement", "truthful_qa")
 BIGBENCH_LICENCE = "Apache-2.0 (BIG-bench task data)"
@@ -93,8 +94,9 @@ def agreement_items(task_dir: Path, n: int = N_ITEMS, seed: int = SEED) -> list[
 def truthfulqa_items(task_dir: Path, seed: int = SEED) -> list[dict]:
     """BIG-bench truthful_qa multiple choice (task_mc.json): every question, exactly one true answer.
 
-    The context is the task's own six-question prompt then ``Q: ...\\nA:``, as in lm-eval's
-    truthfulqa_mc1; choices are shuffled with the seed (BIG-bench lists the true one first).
+    The context is ``Q: <question>\nA:`` without the six-question prompt that BIG-bench and
+    lm-eval's truthfulqa_mc1 put first (it would quadruple the tokens scored, and models this
+    small do not use it); choices are shuffled with the seed (BIG-bench lists the true one first).
     """
     data = json.loads((task_dir / "task_mc.json").read_text("utf-8"))
     rng = random.Random(seed)
@@ -105,8 +107,8 @@ def truthfulqa_items(task_dir: Path, seed: int = SEED) -> list[dict]:
             continue  # MC1 needs exactly one correct answer
         choices = list(scores)
         rng.shuffle(choices)
-        context = data["task_prefix"] + data["example_input_prefix"] + ex["input"] + data["example_output_prefix"]
-        items.append({"id": f"tqa-{k}", "context": context.rstrip(" "), "choices": choices,
+        context = "Q: " + ex["input"] + "\nA:"
+        items.append({"id": f"tqa-{k}", "context": context, "choices": choices,
                       "gold": [scores[c] for c in choices].index(1)})
     return items
 
@@ -122,26 +124,42 @@ def _content(word: str) -> bool:
     return len(word) >= 4 and word.isalpha() and word.lower() not in STOPWORDS
 
 
-def _last_word_candidate(doc: str, min_words: int):
-    """(context, gold word, context words) for the last sentence-final content word repeated earlier."""
+def _trim(context: str, max_words: int) -> str:
+    """The last whole sentences of ``context`` (and its unfinished final one) within ``max_words``."""
+    parts = _SENTENCE_END.split(context)
+    out = parts[-1]
+    for part in reversed(parts[:-1]):
+        if _n_words(out) + _n_words(part) > max_words:
+            break
+        out = part + " " + out
+    return out
+
+
+def _last_word_candidate(doc: str, min_words: int, max_words: int):
+    """(context, gold word) for the last sentence-final content word repeated in its context.
+
+    The context is the document up to the word, trimmed to whole sentences within ``max_words``
+    (the sentence holding the word is always kept); at least ``min_words`` words must remain.
+    """
     words = list(_WORD.finditer(doc))
-    for k in range(len(words) - 1, min_words - 1, -1):
+    for k in range(len(words) - 1, 0, -1):
         m = words[k]
         after = doc[m.end():m.end() + 1]
         if after not in {".", "!", "?"} or not _content(m.group()):
             continue
-        before = [w.group() for w in words[:k]]
-        if m.group().lower() in {w.lower() for w in before}:
-            return doc[:m.start()].rstrip(), m.group(), before
+        context = _trim(doc[:m.start()].rstrip(), max_words)
+        before = [w.group().lower() for w in _WORD.finditer(context)]
+        if len(before) >= min_words and m.group().lower() in before:
+            return context, m.group()
     return None
 
 
-def last_word_items(sets: dict[str, list[str]], n: int = N_ITEMS, seed: int = SEED,
-                    n_choices: int = 4, min_words: int = 40) -> list[dict]:
+def last_word_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int = SEED,
+                    n_choices: int = 4, min_words: int = 30, max_words: int = 80) -> list[dict]:
     """LAMBADA-style: predict a passage's final word, which occurs earlier in the passage.
 
-    The context runs from the document's start to just before the word (a sentence-final
-    content word); distractors are other content words of the same passage, preferring ones
+    The context is the sentences before the word (a sentence-final content word), at most
+    ``max_words`` words, as in LAMBADA's short passages; distractors are other content words of the same passage, preferring ones
     that occur in the context at least as often as the gold word, so neither "copy a word from
     the passage" nor "pick the most repeated word" solves the task.
     """
@@ -149,10 +167,11 @@ def last_word_items(sets: dict[str, list[str]], n: int = N_ITEMS, seed: int = SE
     pool = []
     for name, docs in sets.items():
         for d, doc in enumerate(docs):
-            cand = _last_word_candidate(doc, min_words)
+            cand = _last_word_candidate(doc, min_words, max_words)
             if cand is None:
                 continue
-            context, gold, before = cand
+            context, gold = cand
+            before = _WORD.findall(context)
             counts = Counter(w.lower() for w in before)
             first_form = {}
             for w in before:
@@ -181,8 +200,8 @@ def _n_words(s: str) -> int:
     return len(s.split())
 
 
-def next_sentence_items(sets: dict[str, list[str]], n: int = N_ITEMS, seed: int = SEED, n_choices: int = 4,
-                        context_sentences: int = 3, min_words: int = 6, max_words: int = 40) -> list[dict]:
+def next_sentence_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int = SEED, n_choices: int = 4,
+                        context_sentences: int = 2, min_words: int = 6, max_words: int = 40) -> list[dict]:
     """The true next sentence against sentences from other documents of the same held-out set.
 
     Distractors are non-first sentences of other documents whose length is within a factor 1.5
@@ -304,7 +323,8 @@ def build_tasks(bigbench_tasks_dir: Path, wordnet_root: Path, corpora_dir: Path,
           "version": "bigbench-1.0.0", "target_delimiter": "", "generated_by": f"{by}.agreement_items"},
          lambda: agreement_items(bigbench_tasks_dir / "subject_verb_agreement", n, seed)),
         ({"name": "truthfulqa_mc1", "description": "TruthfulQA multiple choice, one true answer (MC1 style); "
-          "the 299-question subset shipped as BIG-bench truthful_qa/task_mc.json, not all 817 questions",
+          "the 299-question subset shipped as BIG-bench truthful_qa/task_mc.json, not all 817 questions; "
+          "no few-shot prompt before the question",
           "source": bb + "truthful_qa/task_mc.json", "licence": BIGBENCH_LICENCE + "; TruthfulQA: Apache-2.0",
           "version": "bigbench-1.0.0", "target_delimiter": " ", "generated_by": f"{by}.truthfulqa_items"},
          lambda: truthfulqa_items(bigbench_tasks_dir / "truthful_qa", seed)),
@@ -313,13 +333,13 @@ def build_tasks(bigbench_tasks_dir: Path, wordnet_root: Path, corpora_dir: Path,
           "source": "data/corpora/*.txt (held-out sets)", "licence": "as the held-out sets (CC BY 4.0 "
           "SQuAD-shifts; public-domain novels)", "version": "", "target_delimiter": " ",
           "generated_by": f"{by}.last_word_items"},
-         lambda: last_word_items(sets, n, seed)),
-        ({"name": "next_sentence", "description": "the true next sentence after up to three sentences, against "
+         lambda: last_word_items(sets, min(n, N_GENERATED), seed)),
+        ({"name": "next_sentence", "description": "the true next sentence after up to two sentences, against "
           "sentences of similar length from other documents of the same held-out set",
           "source": "data/corpora/*.txt (held-out sets)", "licence": "as the held-out sets (CC BY 4.0 "
           "SQuAD-shifts; public-domain novels)", "version": "", "target_delimiter": " ",
           "generated_by": f"{by}.next_sentence_items"},
-         lambda: next_sentence_items(sets, n, seed)),
+         lambda: next_sentence_items(sets, min(n, N_GENERATED), seed)),
         ({"name": "wordnet_definition", "description": "a synset's words, then its definition against three "
           "definitions of the same part of speech; only synsets whose gloss is not in the training corpus",
           "source": "wordnet-base 1:3.0-37 (Debian), data.{noun,verb,adj,adv}",
