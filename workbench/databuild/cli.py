@@ -56,5 +56,31 @@ def build(
                   f"wrote {paths.train} and {paths.tokenizer}")
 
 
+@app.command()
+def tasks(
+    build_dir: Path = typer.Option(Path("build"), "--build-dir", help="Cache; build/corpus/train.txt if present."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Reads corpora/, writes tasks/."),
+    skip_download: bool = typer.Option(False, "--skip-download", help="Only use files already in the cache."),
+) -> None:
+    """Build the multiple-choice tasks in data/tasks/ (BIG-bench, held-out text, held-out WordNet)."""
+    from .build import BuildPaths
+    from .fetch import FetchError
+    from .tasks import build_tasks_from_cache
+
+    paths = BuildPaths(build_dir, data_dir)
+    try:
+        specs = build_tasks_from_cache(paths.cache, data_dir, paths.train, allow_download=not skip_download,
+                                       log=console.log)
+    except (FetchError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"multiple-choice tasks in {data_dir / 'tasks'}")
+    for col in ("task", "items", "chance", "source"):
+        table.add_column(col)
+    for name, s in specs.items():
+        table.add_row(name, str(s["n_items"]), f"{s['chance']:.3f}", s["source"])
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()
