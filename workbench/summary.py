@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from workbench.evaluate.perplexity import safe_exp
+from workbench.metrics import safe_exp
 
 
 def _qc(complete: bool, fired: bool, changed: np.ndarray, kind: str, loss: np.ndarray) -> str:

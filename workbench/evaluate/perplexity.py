@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench.metrics import bits_per_byte, safe_exp  # noqa: F401  (re-exported)
+
 # (ids (B, L), windows, keep) -> logits of the last ``keep`` positions (B, keep, V)
 Forward = Callable[[torch.Tensor, list, int], torch.Tensor]
 
@@ -65,14 +67,6 @@ def rolling_windows(n_tokens: int, context: int, stride: int, prefix: bool = Fal
     return windows
 
 
-def safe_exp(x: float) -> float:
-    """exp that reports overflow as inf instead of raising (perplexity is never clipped)."""
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
 @dataclass
 class PerplexityResult:
     loss: float  # mean NLL (nats) per scored token
@@ -88,13 +82,6 @@ class PerplexityResult:
     @property
     def bits_per_byte(self) -> float:
         return bits_per_byte(self.loss * self.n_tokens, self.n_bytes)
-
-
-def bits_per_byte(nll_nats: float, n_bytes: int | None) -> float:
-    """Summed NLL (nats) of the scored tokens over the UTF-8 bytes those tokens cover, in bits."""
-    if not n_bytes:
-        return math.nan
-    return nll_nats / (math.log(2) * n_bytes)
 
 
 def _batches(windows: list[Window], batch_size: int):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.metrics import bits_per_byte, safe_exp
+
 # Candidate smoothing constants; the chosen one is refined around the best of these.
 K_GRID = tuple(float(k) for k in np.logspace(-4, 1, 11))
 
@@ -25,13 +27,11 @@ class BigramScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss) if self.loss < 700 else math.inf
+        return safe_exp(self.loss)
 
     @property
     def bits_per_byte(self) -> float:
-        if not self.n_bytes:
-            return math.nan
-        return self.loss * self.n_tokens / (math.log(2) * self.n_bytes)
+        return bits_per_byte(self.loss * self.n_tokens, self.n_bytes)
 
     def as_dict(self) -> dict:
         return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,

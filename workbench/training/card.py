@@ -118,7 +118,10 @@ def render(card: dict) -> str:
         f"Rolling windows of context {proto['context']}, stride {proto['stride']}: every token after the first of "
         "each held-out text is scored once (`workbench.evaluate.perplexity`). The baseline is an add-k smoothed "
         f"bigram fitted on the same training tokens (k = {card['bigram']['k']:.4g}, chosen on the validation "
-        "slice), scored the same way.",
+        "slice), scored the same way. The model was trained without a prefix token (training windows are plain "
+        "slices of the token stream, documents separated by `<|endoftext|>`) and its tokenizer adds none, so "
+        "`workbench run --prefix-token auto` scores it without one, as here. Bits per byte divide the summed "
+        "NLL of the scored tokens by ln 2 times the UTF-8 bytes those tokens cover.",
         "",
         "| set | tokens | loss | perplexity | bits/byte | bigram loss | bigram perplexity | bigram bits/byte | "
         "perplexity gain |",
