@@ -35,7 +35,8 @@ test: setup
 
 # Regenerate the README's compatibility matrix from a run of the family tests.
 compat: setup
-	$(BIN)/python -m pytest -q tests/test_architectures.py tests/test_interventions.py
+	$(BIN)/python -m pytest -q tests/test_architectures.py tests/test_interventions.py tests/test_readout.py \
+		tests/test_capture.py tests/test_states.py
 	$(BIN)/python -m workbench.compat README.md
 
 test-fast: setup

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- compat:start -->", "<!-- compat:end -->"
-MARK = {"pass": "pass", "FAIL": "**FAIL**", "skip": "skip"}
+MARK = {"pass": "pass", "FAIL": "**FAIL**", "skip": "n/a"}  # skipped: the family lacks what is checked
 
 
 def render(results: dict[str, dict[str, str]]) -> str:
