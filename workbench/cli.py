@@ -31,9 +31,10 @@ def _user_errors():
     from workbench.loading import ModelLoadError
     from workbench.plans import PlanError
     from workbench.store import StoreError
+    from workbench.tasks import TaskError
 
     return (UserError, UnsupportedArchitecture, CorpusError, InterventionError, ModelLoadError,
-            PlanError, StoreError)
+            PlanError, StoreError, TaskError)
 
 
 def _load(model: str, device: str, dtype: str):
@@ -114,9 +115,9 @@ def run(
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
     from workbench.architectures import component_map
-    from workbench.corpora import load_corpus, load_with_reference, read_text
+    from workbench.corpora import read_text
     from workbench.loading import DTYPES, check_device
-    from workbench.runner import Protocol, RunError, resolve_prefix, run_plan
+    from workbench.runner import RunError, prepare_inputs, run_plan
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
                    seeds=seeds, reference_tokens=reference_tokens, seed=seed)
@@ -148,19 +149,13 @@ def run(
         _print_plan(resolved)
         return
     try:
-        policy, prefix_id = resolve_prefix(prefix_token, loaded.tokenizer, loaded.model)
+        corpora, ref, protocol = prepare_inputs(loaded, corpus, texts, max_tokens=max_tokens, reference=reference,
+                                                reference_text=ref_text, reference_tokens=n_reference,
+                                                prefix_token=prefix_token, context=context, stride=stride,
+                                                batch_size=batch_size)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if reference:
-        corpora = [load_corpus(c, loaded.tokenizer, max_tokens, text=t) for c, t in zip(corpus, texts)]
-        ref = load_corpus(reference, loaded.tokenizer, text=ref_text)
-    else:
-        first, ref = load_with_reference(corpus[0], loaded.tokenizer, n_reference, max_tokens, text=texts[0])
-        corpora = [first] + [load_corpus(c, loaded.tokenizer, max_tokens, text=t)
-                             for c, t in zip(corpus[1:], texts[1:])]
-    protocol = Protocol(context=context, stride=stride, prefix_token=policy, prefix_id=prefix_id,
-                        reference=ref.source if reference else f"{ref.source} (last {ref.n_tokens} tokens)",
-                        reference_tokens=ref.n_tokens, reference_sha256=ref.sha256, batch_size=batch_size)
+    policy = protocol.prefix_token
     err.print(f"{len(resolved.conditions)} conditions x {len(corpora)} corpora "
               f"({sum(k.n_tokens for k in corpora):,} tokens, prefix token {policy}) -> {out_path}",
               markup=False, highlight=False)
@@ -171,6 +166,72 @@ def run(
         raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())
     err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
+
+
+EMBEDDED = "mini-qwen3.5,mini-falcon-h1,mini-qwen2.5,smollm2-135m"
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def study(
+    out_dir: Path = typer.Option(Path("runs/study"), "--out", "-o", help="folder of stores (resumed if present)"),
+    models: str = typer.Option(EMBEDDED, help="comma-separated model specs"),
+    corpus: Optional[list[str]] = typer.Option(None, "--corpus", "-c",
+                                               help="held-out corpora (default: every built-in set)"),
+    max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
+    tasks: str = typer.Option("all", help="comma-separated tasks, 'all', or 'none'"),
+    task_items: Optional[int] = typer.Option(None, help="score only the first N items of each task"),
+    seeds: int = typer.Option(10, help="random draws per control size and pool"),
+    grid: str = typer.Option("1,2,4,8,16,32", help="progressive removal sizes"),
+    context: int = typer.Option(512),
+    stride: int = typer.Option(256),
+    batch_size: int = typer.Option(8),
+    prefix_token: str = typer.Option("auto", help="auto | none | bos"),
+    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print conditions and forward tokens per model, run nothing"),
+):
+    """The published study on any models: groups (component-only and whole-layer), layer sweep,
+    thirds, progressive removal, matched random controls, tasks, and the compression curve."""
+    from workbench.corpora import builtin_corpora
+    from workbench.loading import DTYPES, check_device
+    from workbench.runner import RunError
+    from workbench.study import StudySettings, run_study
+    from workbench.tasks import get_tasks
+
+    _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
+                   seeds=seeds, seed=None, reference_tokens=None)
+    if task_items is not None and task_items < 1:
+        raise UserError(f"--task-items {task_items} is invalid: give at least 1")
+    try:
+        grid_sizes = [int(x) for x in _csv(grid)]
+    except ValueError:
+        raise UserError(f"--grid {grid!r} is invalid: give comma-separated sizes like 1,2,4") from None
+    if not grid_sizes or min(grid_sizes) < 1:
+        raise UserError(f"--grid {grid!r} is invalid: sizes must be at least 1")
+    if prefix_token not in ("auto", "none", "bos"):
+        raise UserError(f"unknown --prefix-token {prefix_token!r}; valid: auto, none, bos")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    check_device(device)
+    task_names = None if tasks == "all" else [] if tasks == "none" else _csv(tasks)
+    if task_names:
+        get_tasks(task_names)  # unknown names fail here, before any model loads
+    settings = StudySettings(models=_csv(models), corpora=list(corpus or builtin_corpora()), max_tokens=max_tokens,
+                             context=context, stride=stride, batch_size=batch_size, tasks=task_names,
+                             task_items=task_items, seeds=seeds, grid=grid_sizes, prefix_token=prefix_token,
+                             device=device, dtype=dtype)
+    if not settings.models:
+        raise UserError("--models is empty")
+    try:
+        run_study(settings, out_dir, dry_run=dry_run, log=lambda m: err.print(m, markup=False, highlight=False))
+    except RunError as exc:
+        raise UserError(str(exc)) from None
+    if not dry_run:
+        err.print(f"done: stores in {out_dir}; write the report with: workbench report {out_dir}", markup=False)
 
 
 def _print_plan(plan) -> None:

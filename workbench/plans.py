@@ -21,8 +21,8 @@ from workbench.labels import layer_ranges
 
 Mode = Literal["zero", "mean", "resample", "skip_layer"]
 MODES = ("zero", "mean", "resample", "skip_layer")
-Kind = Literal["baseline", "group", "sweep", "thirds", "random_matched", "custom"]
-KINDS = ("baseline", "group", "sweep", "thirds", "random_matched", "custom")
+Kind = Literal["baseline", "group", "sweep", "thirds", "progressive", "random_matched", "compression", "custom"]
+KINDS = ("baseline", "group", "sweep", "thirds", "progressive", "random_matched", "compression", "custom")
 BASELINE_ID = "baseline"
 BASELINE_LABEL = "baseline (no ablation)"
 
@@ -227,6 +227,30 @@ def thirds(cmap: ComponentMap, role: str, mode: str = "zero", seed: int | None =
     return out
 
 
+def progressive(cmap: ComponentMap, role: str, sizes, orders=("first", "last", "random"), mode: str = "zero",
+                seed: int | None = None, draw_seed: int = 0) -> list[Condition]:
+    """The first N, last N, or N random layers of ``role`` for each N in ``sizes`` (the study's
+    progressive removal); sizes not below the role's count are left out (that is the group)."""
+    _require_role(cmap, role)
+    layers = cmap.layers_of(role)
+    out = []
+    for order in orders:
+        if order not in ("first", "last", "random"):
+            raise PlanError(f"unknown progressive order {order!r}; valid: first, last, random")
+        for n in sorted({int(n) for n in sizes}):
+            if not 1 <= n < len(layers):
+                continue
+            if order == "random":
+                pick = sorted(np.random.default_rng([draw_seed, n]).choice(layers, size=n, replace=False).tolist())
+            else:
+                pick = layers[:n] if order == "first" else layers[-n:]
+            what = f" ({order} {n}" + (f", draw seed {draw_seed})" if order == "random" else ")")
+            out.append(Condition(targets=_targets(cmap, role, pick, mode), mode=mode, donor_seed=seed,
+                                 draw_seed=draw_seed if order == "random" else None, kind="progressive",
+                                 group=f"progressive:{role}:{order}", label=_named(role, mode, pick, what)))
+    return out
+
+
 def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str = "zero",
                    donor_seed: int | None = None) -> list[Condition]:
     """Random sets of ``size`` components (or layers, for skip_layer) drawn from ``pool``.
@@ -296,6 +320,15 @@ class ThirdsSpec(_Frozen):
     mode: Mode | None = None
 
 
+class ProgressiveSpec(_Frozen):
+    kind: Literal["progressive"]
+    role: str
+    sizes: list[int]
+    orders: list[Literal["first", "last", "random"]] = ["first", "last", "random"]
+    draw_seed: int = 0
+    mode: Mode | None = None
+
+
 class RandomSpec(_Frozen):
     kind: Literal["random_matched"]
     size: int | str
@@ -304,7 +337,8 @@ class RandomSpec(_Frozen):
     mode: Mode | None = None
 
 
-GeneratorSpec = Annotated[Union[GroupSpec, SweepSpec, ThirdsSpec, RandomSpec], Field(discriminator="kind")]
+GeneratorSpec = Annotated[Union[GroupSpec, SweepSpec, ThirdsSpec, ProgressiveSpec, RandomSpec],
+                          Field(discriminator="kind")]
 
 
 class PlanSpec(_Frozen):
@@ -344,6 +378,8 @@ def resolve(spec: PlanSpec, cmap: ComponentMap) -> Plan:
                 conds += sweep(cmap, gen.roles or _present(cmap, ("attention", "linear_attention", "ssm", "conv")), mode, seed)
             elif isinstance(gen, ThirdsSpec):
                 conds += thirds(cmap, gen.role, mode, seed)
+            elif isinstance(gen, ProgressiveSpec):
+                conds += progressive(cmap, gen.role, gen.sizes, gen.orders, mode, seed, gen.draw_seed)
             else:
                 conds += random_matched(cmap, gen.size, gen.pool, gen.seeds, mode, seed)
     for c in spec.conditions:

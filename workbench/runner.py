@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from workbench import store
 from workbench.claims import Claims
 from workbench.corpora import Corpus
+from workbench.evaluate.multiple_choice import assemble, score_tasks
 from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_windows, safe_exp,
                                            score_windows)
 from workbench.architectures import component_map
@@ -82,6 +83,38 @@ def resolve_prefix(policy: str, tokenizer, model) -> tuple[str, int | None]:
     return ("bos", int(bos)) if bos is not None and (adds_bos or expects_bos) else ("none", None)
 
 
+def prepare_inputs(loaded: LoadedModel, corpus_specs: list[str], texts: list | None = None, *,
+                   max_tokens: int | None = None, reference: str | None = None, reference_text=None,
+                   reference_tokens: int | None = None, prefix_token: str = "auto", context: int = 512,
+                   stride: int = 256, batch_size: int = 8) -> tuple[list[Corpus], Corpus, Protocol]:
+    """Tokenised corpora, the reference and the protocol of a run (the CLI and the study share it).
+
+    Without ``reference`` the last ``reference_tokens`` (default 16 x context) tokens of the first
+    corpus are set aside as the reference and never scored."""
+    from workbench.corpora import CorpusError, load_corpus, load_with_reference, read_text
+
+    texts = texts or [read_text(c) for c in corpus_specs]
+    if reference_text is None and reference:
+        reference_text = read_text(reference)
+    policy, prefix_id = resolve_prefix(prefix_token, loaded.tokenizer, loaded.model)
+    if reference:
+        corpora = [load_corpus(c, loaded.tokenizer, max_tokens, text=t) for c, t in zip(corpus_specs, texts)]
+        ref = load_corpus(reference, loaded.tokenizer, text=reference_text)
+        where = ref.source
+    else:
+        first, ref = load_with_reference(corpus_specs[0], loaded.tokenizer, reference_tokens or 16 * context,
+                                         max_tokens, text=texts[0])
+        corpora = [first] + [load_corpus(c, loaded.tokenizer, max_tokens, text=t)
+                             for c, t in zip(corpus_specs[1:], texts[1:])]
+        where = f"{ref.source} (last {ref.n_tokens} tokens)"
+    names = [k.name for k in corpora]
+    if len(set(names)) != len(names):
+        raise CorpusError(f"corpus names repeat: {names}")
+    protocol = Protocol(context=context, stride=stride, prefix_token=policy, prefix_id=prefix_id, reference=where,
+                        reference_tokens=ref.n_tokens, reference_sha256=ref.sha256, batch_size=batch_size)
+    return corpora, ref, protocol
+
+
 def _versions() -> dict:
     out = {}
     for name in PACKAGES:
@@ -105,7 +138,7 @@ def component_layers(model) -> list[int]:
 
 
 def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protocol, corpora: list[Corpus],
-               donor_seed: int | None, model_check: dict | None = None) -> dict:
+               donor_seed: int | None, model_check: dict | None = None, tasks: dict | None = None) -> dict:
     config = loaded.model.config.to_json_string(use_diff=False)
     versions = _versions()
     key = {
@@ -116,7 +149,8 @@ def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protoc
         "reference": {"source": protocol.reference, "sha256": protocol.reference_sha256,
                       "tokens": protocol.reference_tokens},
         "corpora": {k.name: {"sha256": k.sha256, "n_tokens": k.n_tokens} for k in corpora},
-        "donor_seed": donor_seed, "torch": versions["torch"], "transformers": versions["transformers"],
+        "donor_seed": donor_seed, "tasks": tasks or {}, "torch": versions["torch"],
+        "transformers": versions["transformers"],
     }
     return {
         "model": loaded.spec,
@@ -198,6 +232,26 @@ class ConditionForwards:
         self.fired_ok &= out.fired == [c.key for c in self.iv.components(condition)]
         return out.logits
 
+    def task_forward(self, condition: Condition):
+        """forward(ids, requests) -> logits of a multiple-choice batch under ``condition``.
+
+        Resample donors are drawn from the reference for each request (salted by its position
+        among the task's requests), never from the task's own text."""
+        if condition.mode == "mean" and condition.kind != "baseline":
+            means = self.means()
+            return lambda ids, requests: self._run(ids, condition, 0, means=means)
+        if condition.mode == "resample" and condition.kind != "baseline":
+            seed = condition.donor_seed or 0
+
+            def forward(ids, requests):
+                donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1], 1, seed,
+                                                  salt=(r.task * 1_000_003 + r.item) * 101 + r.choice)
+                                    for r in requests])
+                outs = self.iv.outputs(donors, self.iv.components(condition))
+                return self._run(ids, condition, 0, donor=outs)
+            return forward
+        return lambda ids, requests: self._run(ids, condition, 0)
+
     def forward_for(self, condition: Condition, corpus: Corpus):
         if condition.kind == "baseline":
             return lambda ids, windows, keep: self._run(ids, condition, keep)
@@ -223,6 +277,17 @@ class ConditionForwards:
                 return self._run(ids, condition, keep, donor=donor)
             return forward
         return lambda ids, windows, keep: self._run(ids, condition, keep)
+
+
+def _prepare_tasks(tasks, task_items):
+    """Items, the empty per-item layout for the store, and what the resume check compares."""
+    if not tasks:
+        return None, None, {}
+    items = [t.items()[:task_items] if task_items else t.items() for t in tasks]
+    layout = assemble(tasks, items, [], np.array([]))
+    key = {t.name: {"sha256": hashlib.sha256(Path(t.items_path).read_bytes()).hexdigest()[:16],
+                    "n_items": len(x)} for t, x in zip(tasks, items)}
+    return items, layout, key
 
 
 def _completed_twin(out: Path, plan: Plan, index: int) -> int | None:
@@ -252,13 +317,15 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              dtype: str = "float32", donor_seed: int | None = None, progress: bool = True,
              on_condition: Callable[[int, Condition], None] | None = None,
              log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
-             batch_size: int = 8):
+             batch_size: int = 8, tasks: list | None = None, task_items: int | None = None):
     """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
 
     ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
     case resample donors never overlap their window). ``protocol`` defaults to ``context``,
-    ``stride``, ``batch_size`` without a prefix token. Several processes may run the same plan
-    into one store: they share the conditions.
+    ``stride``, ``batch_size`` without a prefix token. ``tasks``: multiple-choice tasks
+    (``workbench.tasks.Task``) scored under every condition, on their first ``task_items`` items
+    (all by default). Several processes may run the same plan into one store: they share the
+    conditions.
     """
     out = Path(out)
     reference = reference or corpora[0]
@@ -275,12 +342,13 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     first_scored = 0 if prefix is not None else 1
     meta = [{"name": k.name, "source": k.source, "n_tokens": k.n_tokens, "n_bytes": k.scored_bytes(first_scored),
              "sha256": k.sha256, "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
+    task_items_list, task_template, task_key = _prepare_tasks(tasks, task_items)
     iv = Intervener(loaded.model)
     model_check = check_model(iv)
     require_ok(model_check, loaded.spec)
     attrs = provenance(loaded, device=device, dtype=dtype, protocol=protocol, corpora=corpora,
-                       donor_seed=donor_seed, model_check=model_check)
-    ds = store.create_or_resume(out, plan, meta, attrs)
+                       donor_seed=donor_seed, model_check=model_check, tasks=task_key)
+    ds = store.create_or_resume(out, plan, meta, attrs, task_template)
     damaged = store.verify(ds)
     if damaged:
         names = [str(ds.condition.values[i]) for i in damaged if i >= 0]
@@ -343,6 +411,13 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                                                  protocol.batch_size, iv.device, progress=tick, prefix=prefix)
                     nll[j, :len(w)] = sums
                     loss[j] = sums.sum() / counts.sum()
+                task_values = {}
+                if tasks:
+                    res = score_tasks(forwards.task_forward(cond), loaded.tokenizer, tasks, task_items_list,
+                                      batch_size=protocol.batch_size * 2, device=iv.device,
+                                      prefix=(prefix,) if prefix is not None else None)
+                    task_values = {"correct": res["correct"].values, "loglik": res["loglik"].values,
+                                   "accuracy": res["accuracy"].values}
                 ppl = np.array([safe_exp(x) if not math.isnan(x) else math.nan for x in loss])
                 bpb = np.array([bits_per_byte(x * sum(m["window_tokens"]), m["n_bytes"])
                                 for x, m in zip(loss, meta)])
@@ -359,7 +434,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
                     "qc_changed": changed, "qc_fired": np.array(forwards.fired_ok),
                     "n_edits": np.array(len(cond.targets), dtype=np.int32),
-                    "elapsed_s": np.array(time.perf_counter() - start),
+                    "elapsed_s": np.array(time.perf_counter() - start), **task_values,
                 })
                 computed += 1
                 if cond.kind == "baseline":

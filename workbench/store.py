@@ -53,8 +53,38 @@ def _condition_coords(plan: Plan) -> dict:
     }
 
 
-def template(plan: "Plan", corpora, attrs: dict) -> xr.Dataset:
-    """The empty store for ``plan`` x ``corpora`` (windows padded to the longest corpus)."""
+def _same_as_group(plan: "Plan") -> np.ndarray:
+    """Random draws whose set equals a targeted group's (kept, but marked)."""
+    targeted = {(frozenset(c.targets), c.mode) for c in plan.conditions if c.kind in ("group", "thirds")}
+    return np.array([c.kind == "random_matched" and (frozenset(c.targets), c.mode) in targeted
+                     for c in plan.conditions])
+
+
+def _task_part(n_c: int, tasks: dict) -> tuple[dict, dict]:
+    """Variables and coordinates for multiple-choice tasks (``tasks``: an empty score_tasks Dataset
+    giving names, items, gold answers and chance levels)."""
+    n_t, n_i, n_ch = tasks.sizes["task"], tasks.sizes["item"], tasks.sizes["choice"]
+    metrics = list(tasks.metric.values)
+    data = {
+        "correct": (("condition", "task", "item", "metric"), np.full((n_c, n_t, n_i, len(metrics)), np.nan),
+                    {"description": "1 if the item was answered correctly (NaN: padding)"}),
+        "loglik": (("condition", "task", "item", "choice"), np.full((n_c, n_t, n_i, n_ch), np.nan),
+                   {"description": "summed log-likelihood of each choice's continuation"}),
+        "accuracy": (("condition", "task", "metric"), np.full((n_c, n_t, len(metrics)), np.nan)),
+        "gold": (("task", "item"), tasks["gold"].values),
+        "choice_bytes": (("task", "item", "choice"), tasks["n_bytes"].values),
+        "n_items": ("task", tasks["n_items"].values),
+        "chance": ("task", tasks["chance"].values),
+    }
+    coords = {"task": ("task", list(tasks.task.values)), "item": ("item", np.arange(n_i)),
+              "choice": ("choice", np.arange(n_ch)), "metric": ("metric", metrics),
+              "item_id": (("task", "item"), tasks["item_id"].values.astype(str))}
+    return data, coords
+
+
+def template(plan: "Plan", corpora, attrs: dict, tasks: xr.Dataset | None = None) -> xr.Dataset:
+    """The empty store for ``plan`` x ``corpora`` (windows padded to the longest corpus), with
+    multiple-choice results when ``tasks`` is given."""
     n_c, n_k = len(plan.conditions), len(corpora)
     n_w = max(len(k["window_tokens"]) for k in corpora)
     wt = np.zeros((n_k, n_w), dtype=np.int64)
@@ -80,11 +110,15 @@ def template(plan: "Plan", corpora, attrs: dict) -> xr.Dataset:
             "window_tokens": (("corpus", "window"), wt),
         },
         coords={**_condition_coords(plan),
+                "same_as_group": ("condition", _same_as_group(plan)),
                 "corpus": ("corpus", [k["name"] for k in corpora]),
                 "corpus_source": ("corpus", [k["source"] for k in corpora]),
                 "corpus_sha256": ("corpus", [k.get("sha256", "") for k in corpora])},
         attrs={**attrs, "format": FORMAT, "plan_hash": plan.hash, "plan": plan.to_json()},
     )
+    if tasks is not None:
+        data, coords = _task_part(n_c, tasks)
+        ds = ds.assign(data).assign_coords(coords)
     return ds
 
 
@@ -118,7 +152,8 @@ RESUME_FIELDS = {
     "model": "model", "dtype": "dtype", "device_type": "device type", "config_hash": "config hash",
     "weights_hash": "weights", "model_revision": "model revision", "tokenizer_hash": "tokenizer",
     "protocol": "protocol", "reference": "reference", "corpora": "corpora", "plan_hash": "plan",
-    "donor_seed": "donor seed", "torch": "torch version", "transformers": "transformers version",
+    "donor_seed": "donor seed", "tasks": "tasks", "torch": "torch version",
+    "transformers": "transformers version",
 }
 
 
@@ -172,10 +207,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def create_or_resume(path: str | Path, plan: "Plan", corpora, attrs: dict) -> xr.Dataset:
+def create_or_resume(path: str | Path, plan: "Plan", corpora, attrs: dict,
+                     tasks: xr.Dataset | None = None) -> xr.Dataset:
     """Lay the store out atomically, or reopen it when it holds this very run (and setup)."""
     path = Path(path)
-    expected = template(plan, corpora, attrs)
+    expected = template(plan, corpora, attrs, tasks)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_layouts(path)
@@ -209,11 +245,8 @@ def _write_region(path, index: int, body: dict) -> None:
 
 def write_condition(path: str | Path, index: int, values: dict[str, np.ndarray]) -> None:
     """Write one condition's results into its region, then mark it complete."""
-    body = {}
-    for name, value in values.items():
-        value = np.asarray(value)[None]
-        dims = {1: ("condition",), 2: ("condition", "corpus"), 3: ("condition", "corpus", "window")}[value.ndim]
-        body[name] = (dims, value)
+    dims = {name: var.dims for name, var in xr.open_zarr(path, **ZARR, consolidated=True).data_vars.items()}
+    body = {name: (dims[name], np.asarray(value)[None]) for name, value in values.items()}
     _write_region(path, index, body)
     _write_region(path, index, {"complete": (("condition",), np.array([True]))})
 
@@ -265,17 +298,29 @@ def verify(ds: xr.Dataset) -> dict[int, str]:
             elif np.isnan(loss) and np.isfinite(w).all():
                 problems[int(i)] = f"missing data (loss, corpus {j})"
                 break
+        if "accuracy" in ds and int(i) not in problems:
+            try:
+                correct = ds["correct"].isel(condition=int(i)).values
+                acc = ds["accuracy"].isel(condition=int(i)).values
+            except Exception as exc:
+                problems[int(i)] = f"unreadable ({type(exc).__name__}, tasks)"
+                continue
+            n = ds["n_items"].values[:, None]
+            if not np.allclose(np.nansum(correct, axis=1) / n, acc, rtol=0, atol=1e-9) or \
+                    (np.isnan(correct).sum(axis=1) != (correct.shape[1] - n)).any():
+                problems[int(i)] = "missing or inconsistent data (tasks)"
     return problems
 
 
 RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "qc_changed", "qc_fired",
                "n_edits", "elapsed_s")
+TASK_VARS = ("correct", "loglik", "accuracy")
 
 
 def copy_condition(path: str | Path, source: int, index: int) -> None:
     """Give condition ``index`` the results of ``source`` (the same edit under another label)."""
     ds = xr.open_zarr(path, **ZARR, consolidated=True)  # fresh: another process may have written it
-    values = {name: ds[name].isel(condition=source).values for name in RESULT_VARS}
+    values = {name: ds[name].isel(condition=source).values for name in RESULT_VARS + TASK_VARS if name in ds}
     values["elapsed_s"] = np.array(0.0)
     write_condition(path, index, values)
 

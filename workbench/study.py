@@ -1,0 +1,226 @@
+"""The published study's experiments on any set of models, as one resumable command.
+
+Per model, one store (``<folder>/<model>.zarr``) holds:
+  * group ablations of every mixer role and the MLPs, component-only (``zero``) and whole-layer
+    (``skip_layer`` of the layers holding that role), labelled by what they remove;
+  * the layer sweep: every component alone (``zero``) and every layer alone (``skip_layer``);
+  * positional thirds of each role (both modes);
+  * progressive removal: the first N, last N and N random layers of each role;
+  * matched random controls: distinct seeded sets sized like every group of *every* model in the
+    study (so a Transformer control gets the hybrids' sizes), drawn from all components
+    (``zero``) and from all layers (``skip_layer``); a draw equal to a targeted group is kept and
+    marked (``same_as_group``);
+and a second store (``<model>.compression.zarr``) the compression curve: components removed
+cumulatively, least important first (from the sweep) and, as a control, in a random order, with
+perplexity re-measured at every step. Every condition is scored with one protocol on the same
+held-out corpora, and (main store) on the multiple-choice tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+from workbench import plans
+from workbench.architectures import MIXER_ROLES, ComponentMap
+from workbench.plans import Condition, Plan, PlanSpec, Target
+
+GRID = (1, 2, 4, 8, 16, 32)
+COMPRESSION_FAMILIES = {"mixers": "zero", "mlp": "zero", "layers": "skip_layer"}
+THRESHOLDS = (0.05, 0.10, 0.25)
+
+
+@dataclass
+class StudySettings:
+    models: list[str]
+    corpora: list[str]
+    max_tokens: int | None = None
+    context: int = 512
+    stride: int = 256
+    batch_size: int = 8
+    tasks: list[str] | None = None  # None: every registered task; []: none
+    task_items: int | None = None
+    seeds: int = 10
+    grid: list[int] = field(default_factory=lambda: list(GRID))
+    prefix_token: str = "auto"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def study_roles(cmap: ComponentMap) -> list[str]:
+    return [r for r in (*MIXER_ROLES, "mlp") if r in cmap.roles()]
+
+
+def group_sizes(cmap: ComponentMap) -> set[int]:
+    """Sizes of the groups a study ablates (components of each role, which are also its layers)."""
+    return {len(cmap.layers_of(r)) for r in study_roles(cmap)}
+
+
+def study_spec(cmap: ComponentMap, sizes: set[int], seeds: int = 10, grid=GRID) -> PlanSpec:
+    """Every condition family of the study for one model; ``sizes``: random-control sizes shared by
+    every model of the study."""
+    roles = study_roles(cmap)
+    gens: list = []
+    for mode in ("zero", "skip_layer"):
+        gens += [plans.GroupSpec(kind="group", role=r, mode=mode) for r in roles]
+    gens += [plans.SweepSpec(kind="sweep", roles=roles, mode="zero"),
+             plans.SweepSpec(kind="sweep", roles=[], mode="skip_layer")]
+    for mode in ("zero", "skip_layer"):
+        gens += [plans.ThirdsSpec(kind="thirds", role=r, mode=mode) for r in roles if len(cmap.layers_of(r)) >= 3]
+    gens += [plans.ProgressiveSpec(kind="progressive", role=r, sizes=list(grid), mode="zero") for r in roles]
+    n_components = sum(len(cmap.layers_of(r)) for r in roles)
+    for size in sorted(sizes):
+        for pool, mode, n_pool in ((roles, "zero", n_components), (["layer"], "skip_layer", cmap.n_layers)):
+            if 1 <= size < n_pool:  # a draw of the whole pool is forced, not random
+                gens.append(plans.RandomSpec(kind="random_matched", size=size, pool=pool, mode=mode,
+                                             seeds=min(seeds, comb(n_pool, size))))
+    return PlanSpec(name="study", generators=gens)
+
+
+def study_plan(cmap: ComponentMap, sizes: set[int], seeds: int = 10, grid=GRID) -> Plan:
+    return plans.resolve(study_spec(cmap, sizes, seeds, grid), cmap)
+
+
+# --- the compression curve --------------------------------------------------------------------
+
+def _effects(ds, kind_group: str) -> dict[tuple[int, str], float]:
+    """Mean (over corpora) loss increase of each single-component sweep condition of a group."""
+    sel = (ds["group"] == kind_group) & ds["complete"]
+    out = {}
+    for cid in ds.condition.values[sel.values]:
+        c = ds.sel(condition=cid)
+        delta = float((c["loss"] - ds["loss"].sel(condition="baseline")).mean())
+        role = str(c["roles"].values)
+        out[(int(str(c["layers"].values)), role)] = delta
+    return out
+
+
+def compression_plan(ds, cmap: ComponentMap, seed: int = 0) -> Plan:
+    """Cumulative removal orders from a finished study store: least important first (by the
+    sweep's mean loss increase) and a seeded random order, for mixers, MLPs and whole layers."""
+    conds: list[Condition] = [plans.BASELINE]
+    mixers = [r for r in study_roles(cmap) if r != "mlp"]
+    families = {"mixers": [f"sweep:{r}" for r in mixers], "mlp": ["sweep:mlp"] if "mlp" in cmap.roles() else [],
+                "layers": ["sweep:layer"]}
+    rng = np.random.default_rng(seed)
+    for family, groups in families.items():
+        effects: dict = {}
+        for g in groups:
+            effects.update(_effects(ds, g))
+        if len(effects) < 2:
+            continue
+        mode = COMPRESSION_FAMILIES[family]
+        ranked = sorted(effects, key=lambda k: (effects[k], k))
+        shuffled = [ranked[i] for i in rng.permutation(len(ranked))]
+        for order, seq in (("importance", ranked), ("random", shuffled)):
+            for k in range(1, len(seq) + 1):
+                targets = tuple(Target(layer=layer, role=role) for layer, role in sorted(seq[:k]))
+                label = f"{family}: {k} removed, {'least important first' if order == 'importance' else f'random order (seed {seed})'}"
+                conds.append(Condition(targets=targets, mode=mode, kind="compression",
+                                       draw_seed=seed if order == "random" else None,
+                                       group=f"compression:{family}:{order}", label=label))
+    unique = list({c.id: c for c in reversed(conds)}.values())[::-1]
+    return Plan(name="compression", conditions=tuple(unique))
+
+
+def removable(ratios: np.ndarray, threshold: float) -> int:
+    """How many steps of a cumulative curve stay within ``1 + threshold`` of the baseline
+    (steps 1..n; the count before the first step that exceeds it)."""
+    over = np.flatnonzero(np.asarray(ratios) > 1 + threshold)
+    return int(over[0]) if len(over) else len(ratios)
+
+
+def slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("_") or "model"
+
+
+# --- running it -------------------------------------------------------------------------------
+
+@dataclass
+class ModelPlan:
+    model: str
+    store: Path
+    plan: Plan
+    n_forward_tokens: int  # per condition: rolling-window inputs plus task requests
+
+
+def forward_tokens(corpora, protocol, task_tokens: int = 0) -> int:
+    """Tokens one condition pushes through the model (window inputs, overlaps included)."""
+    from workbench.evaluate.perplexity import rolling_windows
+
+    prefix = protocol.prefix_id is not None
+    total = 0
+    for k in corpora:
+        for w in rolling_windows(k.n_tokens, protocol.context, protocol.stride, prefix):
+            total += w.end - w.begin + int(prefix)
+    return total + task_tokens
+
+
+def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = False, log=print,
+              progress: bool = True) -> list[ModelPlan]:
+    """Run (or resume) the study into ``out_dir``; returns what ran per model."""
+    from workbench.architectures import component_map
+    from workbench.corpora import read_text
+    from workbench.loading import load_model
+    from workbench.runner import prepare_inputs, run_plan
+    from workbench.tasks import get_tasks
+
+    out_dir = Path(out_dir)
+    texts = [read_text(c) for c in settings.corpora]
+    tasks = get_tasks(settings.tasks) if settings.tasks != [] else []
+    loaded_maps = {}
+    for model in settings.models:  # first every model's map: random controls share their sizes
+        lm = load_model(model, device=settings.device, dtype=settings.dtype)
+        loaded_maps[model] = component_map(lm.model)
+        del lm
+    sizes = set().union(*(group_sizes(c) for c in loaded_maps.values()))
+    task_tokens_cache = {}
+    done = []
+    for model in settings.models:
+        cmap = loaded_maps[model]
+        plan = study_plan(cmap, sizes, settings.seeds, settings.grid)
+        lm = load_model(model, device=settings.device, dtype=settings.dtype)
+        corpora, ref, protocol = prepare_inputs(
+            lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
+            context=settings.context, stride=settings.stride, batch_size=settings.batch_size)
+        if model not in task_tokens_cache:
+            task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
+        per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
+        store = out_dir / f"{slug(model)}.zarr"
+        done.append(ModelPlan(model, store, plan, per_condition))
+        log(f"{model}: {len(plan.conditions)} conditions x {per_condition:,} forward tokens "
+            f"= {len(plan.conditions) * per_condition:,} (+ compression curve: up to "
+            f"{2 * (2 * cmap.n_layers + len(cmap.components))} conditions, perplexity only) -> {store}")
+        if dry_run:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "study.json").write_text(settings.to_json())
+        ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
+                      dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
+                      progress=progress, log=log)
+        comp = compression_plan(ds, cmap)
+        run_plan(lm, comp, corpora, out_dir / f"{slug(model)}.compression.zarr", protocol=protocol, reference=ref,
+                 device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log)
+        del lm
+    return done
+
+
+def _task_tokens(tokenizer, tasks, n_items) -> int:
+    from workbench.evaluate.multiple_choice import build_requests
+
+    if not tasks:
+        return 0
+    items = [t.items()[:n_items] if n_items else t.items() for t in tasks]
+
+    def encode(s):
+        return tokenizer(s, add_special_tokens=False)["input_ids"]
+
+    return sum(len(r.input_ids) for r in build_requests(tasks, items, encode, (0,)))
