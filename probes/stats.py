@@ -431,13 +431,15 @@ def positional_gradient(nll_early, nll_late, nll_baseline, tokens, *, block: int
     return out
 
 
-def thirds_gradient(ds: xr.Dataset, role: str, corpus: str, **kw) -> dict[str, float]:
-    """``positional_gradient`` of a store's ``thirds:<role>`` conditions (plan order: early,
-    middle, late) on ``corpus``; ``kw`` as for ``positional_gradient``."""
+def thirds_gradient(ds: xr.Dataset, role: str, corpus: str, mode: str = "zero", **kw) -> dict[str, float]:
+    """``positional_gradient`` of a store's thirds of ``role`` under ``mode`` (group
+    ``thirds:<role>``, or ``thirds:<role>:<mode>``; plan order: early, middle, late) on
+    ``corpus``; ``kw`` as for ``positional_gradient``."""
     groups = np.asarray(ds["group"].values).astype(str)
-    idx = np.flatnonzero(groups == f"thirds:{role}")
+    name = f"thirds:{role}" + ("" if mode == "zero" else f":{mode}")
+    idx = np.flatnonzero(groups == name)
     if idx.size != 3:
-        raise ValueError(f"the store has {idx.size} thirds:{role} conditions, expected 3 (early, middle, late)")
+        raise ValueError(f"the store has {idx.size} {name} conditions, expected 3 (early, middle, late)")
     if "baseline" not in list(ds.condition.values):
         raise ValueError("the store has no baseline condition to compare with")
     nll = ds["window_nll"].sel(corpus=corpus)

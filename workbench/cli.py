@@ -234,6 +234,18 @@ def study(
         err.print(f"done: stores in {out_dir}; write the report with: workbench report {out_dir}", markup=False)
 
 
+@app.command()
+def report(folder: Path = typer.Argument(..., help="a study folder (workbench study --out FOLDER)")):
+    """Write the study report (Markdown with PNG figures) into FOLDER/report.md."""
+    from workbench.report import ReportError, write_report
+
+    try:
+        path = write_report(folder)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    err.print(f"report: {path}", markup=False)
+
+
 def _print_plan(plan) -> None:
     table = Table(title=f"plan {plan.name} ({len(plan.conditions)} conditions, hash {plan.hash})")
     for col in ("id", "label", "kind", "group"):

@@ -184,6 +184,12 @@ def _targets(cmap: ComponentMap, role: str, layers, mode: str) -> tuple[Target, 
     return tuple(Target(layer=i, role=role) for i in sorted(layers))
 
 
+def family_name(kind: str, what: str, mode: str) -> str:
+    """A condition family's ``group``: ``kind:what``, with the mode appended unless it is zero
+    (so component-only and whole-layer versions of one family never share a group)."""
+    return f"{kind}:{what}" + ("" if mode == "zero" else f":{mode}")
+
+
 def _named(role: str, mode: str, layers, what: str = "") -> str:
     where = f"layers {layer_ranges(layers)}" if len(layers) > 1 else f"layer {layers[0]}"
     if mode == "skip_layer":
@@ -195,7 +201,7 @@ def group(cmap: ComponentMap, role: str, mode: str = "zero", seed: int | None = 
     _require_role(cmap, role)
     layers = cmap.layers_of(role)
     return [Condition(targets=_targets(cmap, role, layers, mode), mode=mode, donor_seed=seed, kind="group",
-                      group=f"group:{role}", label=_named(role, mode, layers))]
+                      group=family_name("group", role, mode), label=_named(role, mode, layers))]
 
 
 def sweep(cmap: ComponentMap, roles, mode: str = "zero", seed: int | None = None) -> list[Condition]:
@@ -208,7 +214,7 @@ def sweep(cmap: ComponentMap, roles, mode: str = "zero", seed: int | None = None
         _require_role(cmap, role)
         for i in cmap.layers_of(role):
             out.append(Condition(targets=(Target(layer=i, role=role),), mode=mode, donor_seed=seed,
-                                 kind="sweep", group=f"sweep:{role}"))
+                                 kind="sweep", group=family_name("sweep", role, mode)))
     return out
 
 
@@ -222,7 +228,7 @@ def thirds(cmap: ComponentMap, role: str, mode: str = "zero", seed: int | None =
     for name, part in zip(("early", "middle", "late"), np.array_split(np.array(layers), 3)):
         part = [int(x) for x in part]
         out.append(Condition(targets=_targets(cmap, role, part, mode), mode=mode, donor_seed=seed,
-                             kind="thirds", group=f"thirds:{role}",
+                             kind="thirds", group=family_name("thirds", role, mode),
                              label=_named(role, mode, part, f" ({name} third)")))
     return out
 
@@ -247,7 +253,7 @@ def progressive(cmap: ComponentMap, role: str, sizes, orders=("first", "last", "
             what = f" ({order} {n}" + (f", draw seed {draw_seed})" if order == "random" else ")")
             out.append(Condition(targets=_targets(cmap, role, pick, mode), mode=mode, donor_seed=seed,
                                  draw_seed=draw_seed if order == "random" else None, kind="progressive",
-                                 group=f"progressive:{role}:{order}", label=_named(role, mode, pick, what)))
+                                 group=family_name("progressive", f"{role}:{order}", mode), label=_named(role, mode, pick, what)))
     return out
 
 
@@ -293,7 +299,7 @@ def random_matched(cmap: ComponentMap, size: int | str, pool, seeds, mode: str =
         drawn.add(pick)
         targets = tuple(sorted((candidates[i] for i in pick), key=lambda t: (t.layer, t.role)))
         out.append(Condition(targets=targets, mode=mode, draw_seed=s, donor_seed=donor_seed, kind="random_matched",
-                             group=f"random:{size}of{tag}",
+                             group=family_name("random", f"{size}of{tag}", mode),
                              label=f"random {size} of {tag}, draw seed {s}"
                                    + (f", donor seed {donor_seed}" if donor_seed is not None else "")
                                    + f", {mode}"))
