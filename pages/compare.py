@@ -11,7 +11,7 @@ import streamlit as st
 from probes.stats import bootstrap_ratio
 from workbench import app_data as ad
 from workbench.app import charts
-from workbench.app.palette import FUNCTION_COLOURS, ROLE_COLOURS, function_of, scale
+from workbench.app.palette import FUNCTION_COLOURS, ROLE_COLOURS, STORE_COLOURS, scale
 
 st.title("Compare")
 sel = ad.selection()
@@ -77,7 +77,7 @@ def models() -> None:
         chart = (base.mark_bar().encode(x=alt.X("ratio:Q", scale=charts.ratio_scale(shown), axis=charts.AXIS,
                                                 title="perplexity / baseline"), x2="one:Q",
                                         color=alt.Color("store:N", legend=alt.Legend(**charts.LEGEND),
-                                                        scale=alt.Scale(domain=stores, scheme="tableau10")),
+                                                        scale=alt.Scale(domain=stores, range=STORE_COLOURS[:len(stores)])),
                                         tooltip=tip)
                  + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q")
                  + charts.unit_rule("x"))

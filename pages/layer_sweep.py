@@ -42,7 +42,7 @@ if metric == "perplexity ratio":
     cells["value"] = cells["ratio"]
     colour = alt.Color("value:Q", title="perplexity / baseline",
                        scale=alt.Scale(type="log", scheme="orangered"),
-                       legend=alt.Legend(orient="right", format="~g"))
+                       legend=alt.Legend(orient="right", format=".6~r"))
     caption = f"perplexity with that component removed / baseline, corpus **{corpus}** (log colour scale)"
 elif metric == "accuracy drop":
     task = c2.selectbox("Task", sorted(set(acc["task"])))
@@ -64,6 +64,7 @@ else:
 cells = cells.assign(layer=cells["first_layer"].astype(int),
                      row=[f"{r}, {m}" if m != "zero" else r for r, m in zip(cells["roles"], cells["mode"])])
 cells = cells[np.isfinite(cells["value"].astype(float))]
+cells["text"] = [ad.short_number(v, metric == "perplexity ratio") for v in cells["value"]]
 st.caption(caption + ". Empty cells: the model has no such component there. Click a cell for its details.")
 pick = alt.selection_point(fields=["id"], name="cell", on="click", clear="dblclick")
 rows = list(dict.fromkeys(cells.sort_values("order")["row"]))
@@ -74,8 +75,7 @@ tip = ["label", alt.Tooltip("value:Q", format=".4f"), alt.Tooltip("low:Q", forma
 chart = (base.mark_rect(stroke="white", strokeWidth=1).encode(
              color=colour, tooltip=tip,
              opacity=alt.condition(pick, alt.value(1.0), alt.value(0.35)))
-         + base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".3~g"),
-                                              color=alt.value("black"))).add_params(pick)
+         + base.mark_text(fontSize=10).encode(text="text:N", color=alt.value("black"))).add_params(pick)
 cols = ["label", "roles", "mode", "layer", "value", "low", "high", "qc", "id"]
 event = charts.show(chart.properties(height=alt.Step(40)), f"layer sweep {metric}", cells[cols],
                     on_select="rerun", selection_mode="cell", key="sweep_heatmap")

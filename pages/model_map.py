@@ -37,19 +37,21 @@ st.markdown("**Topology:** " + (f"parallel: {', '.join(parallel)} run side by si
 show_layer = st.toggle("Show whole-layer rows (role `layer`)", value=False)
 cells = frame if show_layer else frame[frame["role"] != "layer"]
 roles = [r for r in ROLE_COLOURS if r in set(cells["role"])] + sorted(set(cells["role"]) - set(ROLE_COLOURS))
-cells = cells.assign(params=cells["n_params"].astype(float))
+# parallel mixers share one row label prefix, so the block's two branches read as one stage
+cells = cells.assign(params=cells["n_params"].astype(float),
+                     row=[f"∥ {r} (parallel)" if t == "parallel" else r for r, t in zip(cells["role"], cells["topology"])])
+rows = list(dict.fromkeys(cells.set_index("role").loc[roles, "row"]))
 base = alt.Chart(cells).encode(
     x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
-    y=alt.Y("role:N", sort=roles, title=None))
+    y=alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelLimit=0)))
 chart = (base.mark_rect(stroke="white", strokeWidth=2).encode(
              color=alt.Color("role:N", scale=scale(ROLE_COLOURS, roles), legend=alt.Legend(**charts.LEGEND)),
-             opacity=alt.Opacity("topology:N", scale=alt.Scale(domain=["sequential", "parallel"], range=[0.95, 0.55]),
-                                 legend=alt.Legend(**charts.LEGEND)),
              tooltip=["layer", "role", "path", "topology", alt.Tooltip("n_params:Q", format=",")])
-         + base.mark_text(fontSize=10, color="white").encode(
+         + base.mark_text(fontSize=10, color="black").encode(
              text=alt.Text("params:Q", format=".2s")))
 charts.show(chart.properties(height=alt.Step(34)), f"model map {model}", cells)
-st.caption("Cell text: parameters of the component. Lighter cells: parallel components (summed inside one block).")
+st.caption("Cell text: parameters of the component. Rows marked ∥ are parallel branches of one block "
+           "(their outputs are summed into one residual update); other rows act one after another.")
 
 totals = (frame[frame["role"] != "layer"].groupby("role", sort=False)
           .agg(components=("layer", "size"), parameters=("n_params", "sum")).reset_index())

@@ -24,7 +24,7 @@ summary = ad.cached_summary(path)
 corpora = [str(c) for c in ds.corpus.values]
 c1, c2 = st.columns([3, 1])
 pick_corpora = c1.multiselect("Corpora", corpora, default=corpora)
-n_boot = c2.select_slider("Bootstrap resamples", [200, 500, 1000, 2000, 5000], value=ad.N_BOOT)
+n_boot = c2.selectbox("Bootstrap resamples", [200, 500, 1000, 2000, 5000], index=3)
 intervals = ad.cached_intervals(path, n_boot=n_boot)
 
 st.subheader("Group ablations: perplexity / baseline")
@@ -58,9 +58,11 @@ else:
                                                  legend=alt.Legend(**charts.LEGEND)), tooltip=tip),
             base.mark_rule(color="black", strokeWidth=1.5).encode(x="low:Q", x2="high:Q"),
             alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(x=alt.datum(1.0)),
-            data=groups)
+            data=groups).properties(height=alt.Step(30), width=420)
+        modes = [MODE_TITLES[m] for m in MODE_TITLES if m in set(groups["mode"])]
         chart = layer.facet(row=alt.Row("corpus:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
-                            column=alt.Column("mode_title:N", title=None, header=alt.Header(labelLimit=0)))
+                            column=alt.Column("mode_title:N", title=None, sort=modes,
+                                              header=alt.Header(labelLimit=0, labelFontSize=12)))
         cols = ["corpus", "label", "mode", "group_role", "layers", "ratio", "low", "high", "perplexity", "qc"]
         charts.show(chart, "group ablations",
                     groups[cols])

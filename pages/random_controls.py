@@ -83,8 +83,7 @@ layers = [box.mark_rule(color="#7f7f7f").encode(x=alt.X("min:Q", scale=x_scale),
               x="median:Q", tooltip=["row", alt.Tooltip("median:Q", format=".4f"), "n"]),
           charts.unit_rule("x")]
 if len(marks):
-    layers.append(alt.Chart(marks).mark_point(shape="diamond", size=200, filled=True, stroke="black",
-                                              strokeWidth=0.8).encode(
+    layers.append(alt.Chart(marks).mark_point(shape="diamond", size=200, filled=True, opacity=1).encode(
         y=y, x=x, color=alt.Color("role:N", title="group", scale=scale(ROLE_COLOURS, roles),
                                   legend=alt.Legend(**charts.LEGEND)),
         tooltip=["group", alt.Tooltip("ratio:Q", format=".4f"), "trials below"]))

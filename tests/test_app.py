@@ -41,9 +41,12 @@ def _with_component_map(path: Path, model) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("runs"))
+
+
+def make_runs(folder: Path) -> Path:
     """study.zarr (Transformer: sweep, thirds, groups, random trials), control/groups.zarr, partial.zarr,
     a junk folder named like a store, and two hybrids in hybrids/ (Qwen3.5 and Falcon-H1)."""
-    folder = tmp_path_factory.mktemp("runs")
     corpus_file = folder.parent / "tale.txt"
     corpus_file.write_text(TEXT)
     loaded = load_model("random:qwen2")
@@ -372,3 +375,20 @@ def _env() -> dict:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_app_command_line(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from workbench import app_cli
+
+    cmd = app_cli.streamlit_command(str(tmp_path), "0.0.0.0", 8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("streamlit_app.py")
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8600"
+    assert cmd[-3:] == ["--", "--runs", str(tmp_path)]
+    cli = typer.Typer()
+    cli.command()(app_cli.app)
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["--runs", str(tmp_path / "file")])
+    assert result.exit_code != 0 and "is a file" in result.output

@@ -287,6 +287,17 @@ def condition_table(ds: xr.Dataset, corpus: str, intervals: xr.Dataset | None = 
     return out
 
 
+def short_number(value: float, ratio: bool = True) -> str:
+    """A ratio with enough decimals to tell it from 1 (1.00033, 1.50, 12.30); else 3 significant digits."""
+    if not np.isfinite(value):
+        return str(value)
+    if not ratio:
+        return f"{value:.3g}"
+    gap = abs(value - 1)
+    places = 2 if gap == 0 else min(5, max(2, 1 - int(np.floor(np.log10(gap)))))
+    return f"{value:.{places}f}"
+
+
 def choices(ids, labels) -> dict[str, str]:
     """Display text -> condition id, for selectboxes (a repeated label gets its id appended)."""
     labels = [str(x) for x in labels]
@@ -425,6 +436,13 @@ class Selection:
     def usable(self) -> list[str]:
         return [p for p in self.stores if not self.infos[p]["error"]]
 
+    def short(self, path: str) -> str:
+        """The store's folder name (relative path when two share a name), for narrow widgets."""
+        stems = [Path(p).stem for p in self.usable()]
+        if stems.count(Path(path).stem) > 1:
+            return str(Path(path).relative_to(self.folder)) if Path(path).is_relative_to(self.folder) else path
+        return Path(path).stem
+
     def name(self, path: str) -> str:
         names = [store_name(p, self.infos[p]) for p in self.usable()]
         name = store_name(path, self.infos[path])
@@ -456,7 +474,7 @@ def sidebar() -> Selection:
     if usable:
         sel.picked = st.sidebar.multiselect(
             "Stores", usable, default=usable[:1], key=f"stores:{folder}", persist_state="session",
-            format_func=sel.name, help="Pages about one store show the first one picked; Random controls "
+            format_func=sel.short, help="Pages about one store show the first one picked; Random controls "
                                        "and Compare show every store picked.")
     st.session_state["selection"] = sel
     return sel

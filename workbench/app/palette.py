@@ -16,6 +16,8 @@ FUNCTION_COLOURS = {"attention": "#e15759", "linear-time mixer": "#76b7b2", "con
                     "mlp": "#f28e2b", "layer": "#79706e", "mixed": "#9c755f"}
 KIND_COLOURS = {"baseline": "#bab0ac", "group": "#1f77b4", "sweep": "#ff7f0e", "thirds": "#2ca02c",
                 "random_matched": "#9467bd", "custom": "#8c564b"}
+# Stores (models) in comparisons: dark hues that no role uses, so a store never reads as a role.
+STORE_COLOURS = ["#264653", "#bc6c25", "#6d597a", "#8d99ae", "#3d405b", "#a68a64"]
 MODE_COLOURS = {"zero": "#4e79a7", "mean": "#f28e2b", "resample": "#59a14f", "skip_layer": "#79706e"}
 
 # Alignment by function: Qwen3.5's Gated DeltaNet and Falcon-H1's Mamba-2 both mix tokens in
