@@ -77,7 +77,8 @@ def models() -> None:
         chart = (base.mark_bar().encode(x=alt.X("ratio:Q", scale=charts.ratio_scale(shown), axis=charts.AXIS,
                                                 title="perplexity / baseline"), x2="one:Q",
                                         color=alt.Color("store:N", legend=alt.Legend(**charts.LEGEND),
-                                                        scale=alt.Scale(domain=stores, range=STORE_COLOURS[:len(stores)])),
+                                                        scale=alt.Scale(domain=stores,
+                                                                        range=STORE_COLOURS[:len(stores)])),
                                         tooltip=tip)
                  + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q")
                  + charts.unit_rule("x"))

@@ -41,9 +41,10 @@ if metric == "perplexity ratio":
     cells = table[table["id"].isin(sweep_ids)].copy()
     cells["value"] = cells["ratio"]
     colour = alt.Color("value:Q", title="perplexity / baseline",
-                       scale=alt.Scale(type="log", scheme="orangered"),
+                       scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0),
                        legend=alt.Legend(orient="right", format=".6~r"))
-    caption = f"perplexity with that component removed / baseline, corpus **{corpus}** (log colour scale)"
+    caption = (f"perplexity with that component removed / baseline, corpus **{corpus}** "
+               "(log colour scale: red worse, blue better than the baseline)")
 elif metric == "accuracy drop":
     task = c2.selectbox("Task", sorted(set(acc["task"])))
     table = ad.condition_table(ds, corpora[0], intervals, summary)

@@ -39,7 +39,8 @@ cells = frame if show_layer else frame[frame["role"] != "layer"]
 roles = [r for r in ROLE_COLOURS if r in set(cells["role"])] + sorted(set(cells["role"]) - set(ROLE_COLOURS))
 # parallel mixers share one row label prefix, so the block's two branches read as one stage
 cells = cells.assign(params=cells["n_params"].astype(float),
-                     row=[f"∥ {r} (parallel)" if t == "parallel" else r for r, t in zip(cells["role"], cells["topology"])])
+                     row=[f"∥ {r} (parallel)" if t == "parallel" else r
+                          for r, t in zip(cells["role"], cells["topology"])])
 rows = list(dict.fromkeys(cells.set_index("role").loc[roles, "row"]))
 base = alt.Chart(cells).encode(
     x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),

@@ -392,3 +392,26 @@ def test_app_command_line(tmp_path):
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(cli, ["--runs", str(tmp_path / "file")])
     assert result.exit_code != 0 and "is a file" in result.output
+
+
+def test_runs_page_flags_failed_qc_and_live_writers(runs, tmp_path):
+    from workbench.claims import Claims
+
+    folder = tmp_path / "qc"
+    shutil.copytree(runs / "study.zarr", folder / "study.zarr")
+    group = zarr.open_group(folder / "study.zarr", mode="r+", zarr_format=2)
+    fired = group["qc_fired"][:]
+    fired[1] = False  # as if the edit of condition 1 never ran
+    group["qc_fired"][:] = fired
+    at = start(folder, "runs")
+    assert "NOT FIRED" in texts(at, "error")
+    assert "NOT FIRED 1" in at.dataframe[0].value.set_index("store").loc["study.zarr", "qc"]
+
+    assert not ad.being_written(folder / "study.zarr")
+    claims = Claims(folder / "study.zarr")  # a live writer holds condition 3
+    assert claims.try_claim(3)
+    try:
+        assert ad.being_written(folder / "study.zarr")
+    finally:
+        claims.release_all()
+    assert not ad.being_written(folder / "study.zarr")

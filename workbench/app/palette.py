@@ -1,4 +1,4 @@
-"""One palette for the whole app: a role, a kind or a mode has the same colour on every page,
+"""One palette for the whole app: a role (or a store) has the same colour on every page,
 whatever the filters leave in a chart (scales carry the full domain, not the data's)."""
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ ROLE_COLOURS = {  # Tableau 10, one hue family per kind of mixer
 }
 FUNCTION_COLOURS = {"attention": "#e15759", "linear-time mixer": "#76b7b2", "conv": "#b07aa1",
                     "mlp": "#f28e2b", "layer": "#79706e", "mixed": "#9c755f"}
-KIND_COLOURS = {"baseline": "#bab0ac", "group": "#1f77b4", "sweep": "#ff7f0e", "thirds": "#2ca02c",
-                "random_matched": "#9467bd", "custom": "#8c564b"}
 # Stores (models) in comparisons: dark hues that no role uses, so a store never reads as a role.
 STORE_COLOURS = ["#264653", "#bc6c25", "#6d597a", "#8d99ae", "#3d405b", "#a68a64"]
-MODE_COLOURS = {"zero": "#4e79a7", "mean": "#f28e2b", "resample": "#59a14f", "skip_layer": "#79706e"}
 
 # Alignment by function: Qwen3.5's Gated DeltaNet and Falcon-H1's Mamba-2 both mix tokens in
 # linear time, so a hybrid-to-hybrid comparison lines them up; conv stays apart (short-range).
