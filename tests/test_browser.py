@@ -135,5 +135,12 @@ def test_every_page_in_a_browser(served):
             assert page.locator('[data-testid="stException"]').count() == 0, title
             assert page.locator(f'[data-testid="{main}"]').count() > 0, (title, main)
             _screenshot(page, SHOTS / f"{name}.png")
+        # a page's own URL, opened directly, gets the same app (navigation, sidebar, wide layout)
+        page.goto(f"{served}/layer_sweep")
+        _settled(page)
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Perplexity and tasks" in nav and "streamlit app" not in nav.lower(), nav
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert page.get_by_role("combobox", name="Condition details").count() == 1
         browser.close()
     assert not errors, errors
