@@ -57,8 +57,8 @@ def models() -> None:
     kinds = [k for k in ("group", "thirds", "random_matched", "custom") if k in set(long["kind"])]
     k1, k2 = st.columns([3, 1])
     pick = k1.multiselect("Kind", kinds, default=kinds)
-    only_shared = k2.toggle("Only rows every store has", value=True)
-    both = long.groupby("key")["store"].transform("nunique") >= len(tables)
+    only_shared = k2.toggle("Shared rows only", value=True, help="Only rows that two or more picked stores have.")
+    both = long.groupby("key")["store"].transform("nunique") >= 2
     shown = long[long["kind"].isin(pick) & (both if only_shared else True)]
     stores = list(tables)
 
@@ -66,7 +66,7 @@ def models() -> None:
     st.caption(f"corpus **{corpus}** · perplexity / the store's own baseline (log scale) · error bars: bootstrap "
                "95% intervals · random controls: median of the trials")
     if shown.empty:
-        st.info("No condition matches." + (" Try lining up by function, or turn off 'Only rows every store has'."
+        st.info("No condition matches." + (" Try lining up by function, or turn off 'Shared rows only'."
                                            if only_shared else ""))
     else:
         order = list(dict.fromkeys(shown["key"]))

@@ -27,7 +27,7 @@ if not shared:
 c1, c2 = st.columns(2)
 corpus = c1.selectbox("Corpus", shared)
 
-points, spread, versus, same = [], [], [], []
+points, spread, versus, same, without = [], [], [], [], []
 for p in picked:
     intervals = ad.cached_intervals(p)
     if intervals is None:
@@ -38,6 +38,8 @@ for p in picked:
     trials = table[table["kind"] == "random_matched"]
     groups = table[table["kind"] == "group"]
     matches = ad.matched_groups(table)
+    if trials.empty:
+        without.append(sel.name(p))
     for name, part in trials.groupby("group", sort=False):
         row = f"{sel.name(p)} · {int(part['n_targets'].iloc[0])} random from {ad.random_pool(name)}, " \
               f"{part['mode'].iloc[0]}"
@@ -52,7 +54,10 @@ for p in picked:
         for g in groups[groups["label"].isin(matches.get(name, []))].itertuples():
             versus.append({"row": row, "store": sel.name(p), "group": g.label, "role": ad.group_role(g._asdict()),
                            "ratio": g.ratio, "trials below": int((part["ratio"] < g.ratio).sum()),
-                           "trials": len(part)})
+                           "trials": len(part), "identical to it": int((part["same_as"] == g.label).sum())})
+if without:
+    st.info(f"No random-matched controls in {', '.join(without)}: the study preset makes none where every draw "
+            "would be the group itself (a Transformer's attention group is all its mixers).")
 if not points:
     st.info("No random-matched controls are complete in the picked stores (`workbench run --preset study` "
             "makes them for every model with more than one possible draw).")

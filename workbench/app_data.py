@@ -178,8 +178,8 @@ def store_info(path: str | Path) -> dict:
 
 def store_name(path: str | Path, info: dict | None = None) -> str:
     info = info or {}
-    model = info.get("model")
-    return f"{Path(path).stem} ({model})" if model else Path(path).stem
+    model, stem = info.get("model"), Path(path).stem
+    return f"{stem} ({model})" if model and model != stem else stem
 
 
 # --- cached versions (keyed on path and fingerprint, so a finished condition shows up) ----
