@@ -415,3 +415,10 @@ def test_runs_page_flags_failed_qc_and_live_writers(runs, tmp_path):
     finally:
         claims.release_all()
     assert not ad.being_written(folder / "study.zarr")
+
+
+def test_skip_layer_groups_keep_their_role_in_comparisons():
+    row = pd.Series({"kind": "group", "mode": "skip_layer", "roles": "layer", "group": "group:ssm", "third": "",
+                     "layers": "0-5", "label": "ssm layers skipped, layers 0-5, skip_layer"})
+    assert ad.comparison_key(row) == "ssm group, skip_layer"
+    assert ad.comparison_key(row, align="function") == "linear-time mixer group, skip_layer"

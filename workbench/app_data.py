@@ -362,6 +362,8 @@ def comparison_key(row, align: str = "role") -> str:
     if align not in ("role", "function"):
         raise ValueError(f"align must be 'role' or 'function', got {align!r}")
     kind, mode, roles = row["kind"], row["mode"], row["roles"]
+    if kind == "group" and str(row.get("group", "")).startswith("group:"):
+        roles = str(row["group"]).split(":", 1)[1]  # a skip_layer group's targets are layers; name its role
     if align == "function":
         roles = "+".join(dict.fromkeys(FUNCTION.get(r, r) for r in str(roles).split("+") if r))
     if kind == "group":
