@@ -422,3 +422,17 @@ def test_skip_layer_groups_keep_their_role_in_comparisons():
                      "layers": "0-5", "label": "ssm layers skipped, layers 0-5, skip_layer"})
     assert ad.comparison_key(row) == "ssm group, skip_layer"
     assert ad.comparison_key(row, align="function") == "linear-time mixer group, skip_layer"
+
+
+def test_figure_downloads():
+    import altair as alt
+
+    from workbench.app import charts
+
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
+    assert b"<html" in charts.figure_bytes(chart, "html")[:200].lower()
+    if charts.HAS_VL_CONVERT:
+        assert charts.figure_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in charts.figure_bytes(chart, "svg")[:200]
+    with pytest.raises(ValueError, match="valid: png, svg, html"):
+        charts.figure_bytes(chart, "gif")

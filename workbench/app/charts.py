@@ -41,6 +41,8 @@ def slug(text: str) -> str:
 
 def figure_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
     """The chart as PNG or SVG (vl-convert), or as a standalone HTML page (Altair's own)."""
+    if fmt not in ("png", "svg", "html"):
+        raise ValueError(f"unknown figure format {fmt!r}; valid: png, svg, html")
     if fmt == "html":
         return chart.to_html().encode()
     import vl_convert as vlc
@@ -48,9 +50,7 @@ def figure_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
     spec = chart.to_dict()
     if fmt == "png":
         return vlc.vegalite_to_png(spec, scale=2)
-    if fmt == "svg":
-        return vlc.vegalite_to_svg(spec).encode()
-    raise ValueError(f"unknown figure format {fmt!r}; valid: png, svg, html")
+    return vlc.vegalite_to_svg(spec).encode()
 
 
 def show(chart: alt.TopLevelMixin, name: str, table: pd.DataFrame | None = None, **kwargs):
