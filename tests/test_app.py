@@ -1,16 +1,21 @@
-"""The app's pages run against small real stores, and say so clearly when there are none."""
+"""The app's pages run against small real stores, explain their empty states, and stay torch-free."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
 from workbench import app_data as ad
 from workbench import plans
+from workbench.app.components import component_frame, component_records
 from workbench.architectures import component_map
 from workbench.corpora import load_corpus
 from workbench.loading import load_model
@@ -20,30 +25,42 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HOME, CONDITIONS, COMPARE = "streamlit_app.py", "pages/1_Conditions.py", "pages/2_Compare_runs.py"
+ENTRY = str(ROOT / "streamlit_app.py")
+PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "report"]
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness. ") * 6
+KW = dict(context=32, stride=16, progress=False)
+
+
+def _with_component_map(path: Path, model) -> None:
+    """Record the component map in the store's attrs (as the runner will)."""
+    group = zarr.open_group(path, mode="r+", zarr_format=2)
+    group.attrs["component_map"] = json.dumps(component_records(model))
+    zarr.consolidate_metadata(path, zarr_format=2)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A folder with a study store (sweep, thirds, group, random trials), a smoke store, a partial
-    store and a folder that only looks like a store."""
-    folder = tmp_path_factory.mktemp("runs")
+    return make_runs(tmp_path_factory.mktemp("runs"))
+
+
+def make_runs(folder: Path) -> Path:
+    """study.zarr (Transformer: sweep, thirds, groups, random trials), control/groups.zarr, partial.zarr,
+    a junk folder named like a store, and two hybrids in hybrids/ (Qwen3.5 and Falcon-H1)."""
     corpus_file = folder.parent / "tale.txt"
     corpus_file.write_text(TEXT)
     loaded = load_model("random:qwen2")
     cmap = component_map(loaded.model)
     corpus = load_corpus(str(corpus_file), loaded.tokenizer)
-    kw = dict(context=32, stride=16, progress=False)
 
     spec = plans.auto_spec(cmap, "study", seeds=2)
     spec = spec.model_copy(update={"generators": [
         *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=4),
         plans.RandomSpec(kind="random_matched", size=3, pool=["attention"], seeds=2)]})
-    run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr", **kw)
+    run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr", **KW)
+    _with_component_map(folder / "study.zarr", loaded.model)
     run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "groups"), cmap), [corpus],
-             folder / "control" / "groups.zarr", **kw)
+             folder / "control" / "groups.zarr", **KW)
 
     class Stop(Exception):
         pass
@@ -55,71 +72,330 @@ def runs(tmp_path_factory):
 
     with pytest.raises(Stop):
         run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "sweep"), cmap), [corpus], folder / "partial.zarr",
-                 on_condition=stop_after_two, **kw)
+                 on_condition=stop_after_two, **KW)
     (folder / "junk.zarr").mkdir()
+
+    for model_type, mixer in (("qwen3_5", "linear_attention"), ("falcon_h1", "ssm")):
+        hybrid = load_model(f"random:{model_type}")
+        hmap = component_map(hybrid.model)
+        gens = [plans.GroupSpec(kind="group", role="attention"), plans.GroupSpec(kind="group", role=mixer),
+                plans.GroupSpec(kind="group", role="attention", mode="skip_layer"),
+                plans.SweepSpec(kind="sweep", roles=["attention", mixer]),
+                plans.RandomSpec(kind="random_matched", size="attention", pool=["attention", mixer], seeds=3),
+                # the only draw of all attention layers is the attention group itself
+                plans.RandomSpec(kind="random_matched", size="attention", pool=["attention"], seeds=1)]
+        hspec = plans.PlanSpec(name="hybrid", mode="zero", generators=gens)
+        out = folder / "hybrids" / f"{model_type}.zarr"
+        run_plan(hybrid, plans.resolve(hspec, hmap), [load_corpus(str(corpus_file), hybrid.tokenizer)], out, **KW)
+        _with_component_map(out, hybrid.model)
     return folder
 
 
-def app(script: str, runs_dir, **state) -> AppTest:
-    at = AppTest.from_file(str(ROOT / script), default_timeout=30)
-    at.session_state["runs_dir"] = str(runs_dir)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+def start(runs_dir, page: str | None = None, picked: list[str] | None = None, monkeypatch=None) -> AppTest:
+    """The app as a visitor opens it (`--runs DIR`), optionally on ``page`` with stores picked."""
+    argv = ["streamlit_app.py", "--runs", str(runs_dir)]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        at = AppTest.from_file(ENTRY, default_timeout=60)
+        at.run()
+        if picked is not None:
+            stores = next(m for m in at.multiselect if m.label == "Stores")
+            stores.set_value([str(p) for p in picked]).run()
+        if page:
+            at.switch_page(f"app_pages/{page}.py").run()
+    finally:
+        sys.argv = old
+    return at
 
 
 def texts(at: AppTest, kind: str) -> str:
     return " ".join(str(e.value) for e in getattr(at, kind))
 
 
-def all_labels(at: AppTest) -> set[str]:
-    out = set()
-    for frame in at.dataframe:
-        value = frame.value
-        if isinstance(value, pd.DataFrame) and "label" in value:
-            out |= set(value["label"])
-    return out
+def specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
 
+
+def chart_data(at: AppTest, i: int, column: str) -> pd.DataFrame:
+    """The data of chart ``i`` that has ``column`` (Streamlit sends it apart from the spec)."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    proto = at.get("vega_lite_chart")[i].proto
+    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in proto.datasets]
+    if proto.HasField("data"):
+        frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
+    return next(f for f in frames if column in f)
+
+
+def widget(at: AppTest, kind: str, label: str):
+    return next(w for w in getattr(at, kind) if w.label == label)
+
+
+# --- data layer -----------------------------------------------------------------------------
 
 def test_find_stores_and_info(runs):
     found = ad.find_stores(runs)
-    assert [p.name for p in found] == ["groups.zarr", "junk.zarr", "partial.zarr", "study.zarr"]
+    assert [p.name for p in found] == ["groups.zarr", "falcon_h1.zarr", "qwen3_5.zarr", "junk.zarr",
+                                       "partial.zarr", "study.zarr"]
     info = {p.name: ad.store_info(p) for p in found}
     assert info["study.zarr"]["model"] == "random:qwen2" and info["study.zarr"]["error"] == ""
-    assert info["partial.zarr"]["conditions"] == "2/5"
+    assert info["study.zarr"]["complete"] and info["study.zarr"]["size_mb"] > 0
+    assert info["study.zarr"]["qc"].startswith("ok")
+    assert info["partial.zarr"]["conditions"] == "2/5" and not info["partial.zarr"]["complete"]
     assert "not a readable workbench store" in info["junk.zarr"]["error"]
     assert ad.find_stores(runs / "nowhere") == []
     assert ad.runs_dir_from_argv(["--runs", "/x"]) == "/x" and ad.runs_dir_from_argv([]) is None
 
 
-def test_home_lists_stores_and_shows_summary(runs):
-    at = app(HOME, runs, store=str(runs / "study.zarr"))
+def test_component_records_and_frame(runs):
+    frame = component_frame(ad.read_results(runs / "hybrids" / "falcon_h1.zarr"))
+    assert set(frame["role"]) == {"attention", "ssm", "mlp", "layer"}
+    assert (frame.loc[frame["role"] == "ssm", "topology"] == "parallel").all()
+    assert (frame["n_params"] > 0).all()
+    layer0 = frame[frame["layer"] == 0].set_index("role")["n_params"]
+    assert layer0["layer"] >= layer0["attention"] + layer0["ssm"] + layer0["mlp"]
+    assert component_frame(ad.read_results(runs / "control" / "groups.zarr")) is None
+
+
+def test_comparison_keys_align_by_function():
+    row = pd.Series({"kind": "group", "mode": "zero", "roles": "ssm", "group": "group:ssm", "third": "",
+                     "layers": "0-5", "label": "x"})
+    assert ad.comparison_key(row) == "ssm group, zero"
+    assert ad.comparison_key(row, align="function") == "linear-time mixer group, zero"
+    assert ad.comparison_key(row.replace("ssm", "linear_attention").set_axis(row.index), align="function") \
+        == "linear-time mixer group, zero"
+    with pytest.raises(ValueError, match="align must be"):
+        ad.comparison_key(row, align="depth")
+
+
+def test_sweep_segments_break_at_missing_layers():
+    sweep = pd.DataFrame({"roles": ["attention", "attention", "linear_attention", "linear_attention",
+                                    "linear_attention"], "first_layer": [3.0, 7.0, 0.0, 1.0, 4.0]})
+    seg = ad.sweep_segments(sweep)
+    assert seg[0] != seg[1]  # attention at 3 and 7: no line through 4-6
+    assert seg[2] == seg[3] != seg[4]
+
+
+# --- every page ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_draws_without_error(runs, page):
+    picked = [runs / "hybrids" / "qwen3_5.zarr", runs / "hybrids" / "falcon_h1.zarr"]
+    at = start(runs, page, picked=picked)
+    assert not at.exception, at.exception
+    n_charts = len(at.get("vega_lite_chart"))
+    assert n_charts >= {"runs": 0, "report": 0, "compare": 2}.get(page, 1), page
+    if page == "runs":
+        listing = at.dataframe[0].value
+        assert {"study.zarr", "groups.zarr", "partial.zarr", "junk.zarr", "qwen3_5.zarr"} <= set(listing["store"])
+        assert "not a readable workbench store" in texts(at, "error")  # the junk folder, listed, no traceback
+    if page == "report":
+        assert "workbench study" in texts(at, "info")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+@pytest.mark.parametrize("page", PAGES)
+def test_empty_folder_explains_itself(case, page, tmp_path):
+    folder = tmp_path / "nope" if case == "missing" else tmp_path
+    at = start(folder, page)
+    assert not at.exception, page
+    message = texts(at, "warning") + texts(at, "info")
+    want = "report.md" if page == "report" else "does not exist" if case == "missing" else "No run stores"
+    assert want in message, (page, message)
+
+
+def test_perplexity_page_groups_zero_beside_skip_layer(runs):
+    at = start(runs, "perplexity", picked=[runs / "hybrids" / "qwen3_5.zarr"])
+    data = chart_data(at, 0, "mode")
+    assert {"zero", "skip_layer"} <= set(data["mode"])
+    assert ((data["low"] <= data["ratio"]) & (data["ratio"] <= data["high"])).all()
+    assert "workbench study" in texts(at, "info")  # no task results in these stores: say what makes them
+
+
+def test_layer_sweep_heatmap_and_details(runs):
+    at = start(runs, "layer_sweep", picked=[runs / "hybrids" / "qwen3_5.zarr"])
+    cells = set(zip(*chart_data(at, 0, "row")[["row", "layer"]].T.values))
+    assert cells >= {("attention", 3), ("attention", 7), ("linear_attention", 0)}
+    assert ("attention", 4) not in cells
+    details = widget(at, "selectbox", "Condition details")
+    details.select_index(len(details.options) - 1).run()
+    assert not at.exception and "QC" in texts(at, "markdown")
+
+
+def test_model_map_shows_topology_and_params(runs):
+    at = start(runs, "model_map", picked=[runs / "hybrids" / "falcon_h1.zarr"])
+    assert "parallel" in texts(at, "markdown")
+    assert {"attention", "ssm", "mlp"} <= set(chart_data(at, 0, "role")["role"])
+    at = start(runs, "model_map", picked=[runs / "control" / "groups.zarr"])
+    assert "does not record its component map" in texts(at, "info")
+
+
+def test_compare_two_conditions(runs):
+    at = start(runs, "compare", picked=[runs / "study.zarr"])
+    at.radio[0].set_value("two conditions of one store").run()
     assert not at.exception
-    listing = at.dataframe[0].value
-    assert {"study.zarr", "groups.zarr", "partial.zarr", "junk.zarr"} <= set(listing["store"])
-    assert "2/5" in set(listing["conditions"])
-    labels = all_labels(at)
-    assert {"baseline (no ablation)", "attention off, layers 0-3, zero", "attention off, layer 2, zero",
-            "attention off (early third), layers 0-1, zero", "random 2 of attention, draw seed 0, zero"} <= labels
-    assert "random:qwen2" in texts(at, "markdown") + texts(at, "header")
-    assert not at.error  # every condition of this store passed QC
+    b = widget(at, "selectbox", "Condition B")
+    b.select_index(2).run()
+    frame = next(f.value for f in at.dataframe if "B / A" in f.value)
+    assert (frame["low"] <= frame["B / A"]).all() and (frame["B / A"] <= frame["high"]).all()
 
 
-def test_home_partial_store_and_argv(runs, monkeypatch):
+def test_report_page_renders_markdown_and_figures(tmp_path):
+    from PIL import Image
+
+    study = tmp_path / "study1"
+    study.mkdir()
+    Image.new("RGB", (8, 8), "red").save(study / "fig.png")
+    (study / "report.md").write_text("# Findings\n\nAttention matters.\n\n![ratios](fig.png)\n\nThe end.\n")
+    at = start(tmp_path, "report")
+    assert not at.exception
+    assert "Attention matters." in texts(at, "markdown") and len(at.get("image")) == 1
+
+
+# --- the defects found in a real browser, one test each -----------------------------------------
+
+def test_runs_folder_survives_page_changes(runs, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--runs", str(runs)])
-    at = AppTest.from_file(str(ROOT / HOME), default_timeout=30)
-    at.session_state["store"] = str(runs / "partial.zarr")
-    at.run()
-    assert not at.exception
-    assert "not computed yet" in texts(at, "warning")
-    summary = at.dataframe[-1].value
-    assert (summary["qc"] == "pending").sum() == 3
+    at = start(runs)
+    for page in PAGES:
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert widget(at, "text_input", "Folder of run stores").value == str(runs), page
+        assert "`runs` does not exist" not in texts(at, "warning"), page
 
 
-def test_home_flags_failed_qc(runs, tmp_path):
-    import shutil
+@pytest.fixture
+def damaged(runs, tmp_path):
+    """A folder with a good store, one with a corrupted chunk and one with a deleted chunk."""
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for name in ("good", "corrupt", "missing"):
+        shutil.copytree(runs / "hybrids" / "qwen3_5.zarr", folder / f"{name}.zarr")
+    (folder / "corrupt.zarr" / "window_nll" / "2.0.0").write_bytes(b"\x02\x01garbage")
+    (folder / "missing.zarr" / "window_nll" / "1.0.0").unlink()
+    return folder
 
-    import zarr
+
+def test_damaged_stores_are_explained_not_raised(damaged):
+    info = {p.name: ad.store_info(p) for p in ad.find_stores(damaged)}
+    assert "unreadable" in info["corrupt.zarr"]["damaged"] and info["good.zarr"]["damaged"] == ""
+    assert "missing" in info["missing.zarr"]["damaged"]
+    for page in PAGES:
+        at = start(damaged, page, picked=[damaged / "corrupt.zarr", damaged / "missing.zarr"])
+        assert not at.exception, page
+        if page not in ("report", "runs"):
+            assert "damaged condition" in texts(at, "warning"), page
+    at = start(damaged, "runs")
+    listing = at.dataframe[0].value.set_index("store")
+    assert listing.loc["corrupt.zarr", "status"] == "damaged" and listing.loc["good.zarr", "status"] == "complete"
+    # added on Compare, a damaged store keeps the good store's comparison
+    at = start(damaged, "compare", picked=[damaged / "good.zarr", damaged / "corrupt.zarr"])
+    wide = next(f.value for f in at.dataframe if "key" in f.value)
+    assert wide.set_index("key").loc["attention group, zero"].notna().all()
+
+
+def test_role_filter_never_changes_the_random_controls(runs):
+    at = start(runs, "random_controls", picked=[runs / "study.zarr"])
+    before = next(f.value for f in at.dataframe if "control" in f.value and "median" in f.value)
+    assert sorted(before["n"]) == [2, 4]  # 2 of 4 attention layers (4 draws), 3 of 4 (2 draws)
+    widget(at, "multiselect", "Groups marked").set_value([]).run()
+    after = next(f.value for f in at.dataframe if "control" in f.value and "median" in f.value)
+    pd.testing.assert_frame_equal(before, after)
+    assert not any("trials below" in f.value for f in at.dataframe)  # no group marked, no comparison
+
+
+def test_compare_lines_up_hybrids_by_function(runs):
+    picked = [runs / "hybrids" / "qwen3_5.zarr", runs / "hybrids" / "falcon_h1.zarr"]
+    at = start(runs, "compare", picked=picked)
+    keys = set(next(f.value for f in at.dataframe if "key" in f.value)["key"])
+    assert "linear-time mixer group, zero" not in keys
+    widget(at, "radio", "Line up roles by").set_value("function").run()
+    wide = next(f.value for f in at.dataframe if "key" in f.value).set_index("key")
+    row = wide.loc["linear-time mixer group, zero"]
+    assert row.notna().all() and len(row) == 3  # both stores and their ratio
+
+
+def test_compare_sweep_chart_colours_roles_and_breaks_lines(runs):
+    picked = [runs / "hybrids" / "qwen3_5.zarr", runs / "hybrids" / "falcon_h1.zarr"]
+    at = start(runs, "compare", picked=picked)
+    k = next(i for i, s in enumerate(specs(at)) if "depth" in json.dumps(s))
+    sweep = specs(at)[k]
+    line = sweep["layer"][0]["encoding"]
+    assert line["color"]["field"] == "series" and line["detail"]["field"] == "segment"
+    assert dict(zip(line["color"]["scale"]["domain"], line["color"]["scale"]["range"]))["attention"] == "#e15759"
+    assert line["strokeDash"]["legend"]["symbolType"] == "stroke"
+    data = chart_data(at, k, "segment")
+    q35_attention = set(data.loc[data["store"].str.startswith("qwen3_5") & (data["series"] == "attention"), "segment"])
+    assert len(q35_attention) == 2  # layers 3 and 7 are not joined
+    assert all(s.get("encoding", {}).get("color", {}).get("legend", {}).get("labelLimit", 0) == 0
+               for s in sweep["layer"])
+
+
+def test_compare_warns_about_partial_stores_and_identical_draws(runs):
+    at = start(runs, "compare", picked=[runs / "study.zarr", runs / "partial.zarr"])
+    assert "partial" in texts(at, "info")
+    picked = [runs / "hybrids" / "qwen3_5.zarr", runs / "hybrids" / "falcon_h1.zarr"]
+    at = start(runs, "compare", picked=picked)
+    assert "remove exactly the components of a group" in texts(at, "warning")
+    at = start(runs, "random_controls", picked=picked)
+    assert "same set as a group" in set(chart_data(at, 0, "flag")["flag"])
+
+
+def test_role_colours_fixed_whatever_the_filter(runs):
+    from workbench.app.palette import ROLE_COLOURS, scale
+
+    full, part = scale(ROLE_COLOURS), scale(ROLE_COLOURS, ["ssm", "attention"])
+    assert dict(zip(part.domain, part.range)) == {"attention": "#e15759", "ssm": "#59a14f"}
+    assert dict(zip(full.domain, full.range))["ssm"] == "#59a14f"
+    assert len(set(ROLE_COLOURS.values())) == len(ROLE_COLOURS)
+
+
+def test_app_never_imports_torch(runs):
+    """Importing the app modules and running every page leaves torch out of sys.modules."""
+    probe = subprocess.run([sys.executable, "-c", "import sys, workbench.summary; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, cwd=ROOT, env=_env())
+    if probe.stdout.strip() == "True":
+        pytest.xfail("workbench.summary imports torch (through workbench.evaluate.perplexity.safe_exp)")
+    code = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+sys.argv = ["streamlit_app.py", "--runs", {str(runs)!r}]
+at = AppTest.from_file({ENTRY!r}, default_timeout=120).run()
+for page in {PAGES!r}:
+    at.switch_page(f"app_pages/{{page}}.py").run()
+    assert not at.exception, page
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _env() -> dict:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_app_command_line(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from workbench import app_cli
+
+    cmd = app_cli.streamlit_command(str(tmp_path), "0.0.0.0", 8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("streamlit_app.py")
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0" and cmd[cmd.index("--server.port") + 1] == "8600"
+    assert cmd[-3:] == ["--", "--runs", str(tmp_path)]
+    cli = typer.Typer()
+    cli.command()(app_cli.app)
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["--runs", str(tmp_path / "file")])
+    assert result.exit_code != 0 and "is a file" in result.output
+
+
+def test_runs_page_flags_failed_qc_and_live_writers(runs, tmp_path):
+    from workbench.claims import Claims
 
     folder = tmp_path / "qc"
     shutil.copytree(runs / "study.zarr", folder / "study.zarr")
@@ -127,69 +403,36 @@ def test_home_flags_failed_qc(runs, tmp_path):
     fired = group["qc_fired"][:]
     fired[1] = False  # as if the edit of condition 1 never ran
     group["qc_fired"][:] = fired
-    at = app(HOME, folder, store=str(folder / "study.zarr"))
-    assert not at.exception
+    at = start(folder, "runs")
     assert "NOT FIRED" in texts(at, "error")
-    assert (at.dataframe[-1].value["qc"] == "NOT FIRED").sum() == 1
+    assert "NOT FIRED 1" in at.dataframe[0].value.set_index("store").loc["study.zarr", "qc"]
+
+    assert not ad.being_written(folder / "study.zarr")
+    claims = Claims(folder / "study.zarr")  # a live writer holds condition 3
+    assert claims.try_claim(3)
+    try:
+        assert ad.being_written(folder / "study.zarr")
+    finally:
+        claims.release_all()
+    assert not ad.being_written(folder / "study.zarr")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty"])
-def test_no_stores_gives_a_message(case, tmp_path):
-    folder = tmp_path / "nope" if case == "missing" else tmp_path
-    for script in (HOME, CONDITIONS, COMPARE):
-        at = app(script, folder)
-        assert not at.exception, script
-        message = texts(at, "warning") + texts(at, "info")
-        assert ("does not exist" if case == "missing" else "No run stores") in message, script
+def test_skip_layer_groups_keep_their_role_in_comparisons():
+    row = pd.Series({"kind": "group", "mode": "skip_layer", "roles": "layer", "group": "group:ssm", "third": "",
+                     "layers": "0-5", "label": "ssm layers skipped, layers 0-5, skip_layer"})
+    assert ad.comparison_key(row) == "ssm group, skip_layer"
+    assert ad.comparison_key(row, align="function") == "linear-time mixer group, skip_layer"
 
 
-def test_conditions_page(runs):
-    at = app(CONDITIONS, runs, store=str(runs / "study.zarr"))
-    assert not at.exception
-    heads = texts(at, "subheader")
-    for head in ("Perplexity ratio per condition", "Layer sweep", "Thirds", "Random-matched controls"):
-        assert head in heads
-    labels = all_labels(at)
-    assert {"attention off, layers 0-3, zero", "attention off, layer 1, zero"} <= labels
-    control = next(f.value for f in at.dataframe if "control" in f.value)
-    n_trials = int((ad.read_results(runs / "study.zarr")["kind"] == "random_matched").sum())
-    # two random controls: 3 of 4 attention layers (2 seeds) and 2 of 4 (4 seeds), every trial kept
-    assert n_trials == 6 and sorted(control["n"].tolist()) == [2, 4]
-    assert {"2 random from attention, zero", "3 random from attention, zero"} == set(control["control"])
-    assert len(at.get("vega_lite_chart")) == 4
+def test_figure_downloads():
+    import altair as alt
 
-    at.multiselect[1].set_value([]).run()  # no mode picked: nothing to draw, no crash
-    assert not at.exception and "No condition matches" in texts(at, "info")
+    from workbench.app import charts
 
-
-def test_conditions_page_partial_store(runs):
-    at = app(CONDITIONS, runs, store=str(runs / "partial.zarr"))
-    assert not at.exception
-    assert "not computed yet" in texts(at, "info")
-
-
-def test_compare_page(runs):
-    at = app(COMPARE, runs, store=str(runs / "study.zarr"))
-    assert not at.exception
-    picked = at.multiselect[0].value
-    assert len(picked) == 2 and picked[0].endswith("study.zarr")
-    wide = next(f.value for f in at.dataframe if "key" in f.value)
-    assert "attention group, zero" in set(wide["key"])
-    row = wide.set_index("key").loc["attention group, zero"]
-    assert row.notna().all()  # both stores have it
-
-    at.multiselect[0].set_value(picked[:1]).run()
-    assert not at.exception and "two or more" in texts(at, "info")
-
-
-def test_matched_groups_and_comparison_keys():
-    table = pd.DataFrame({
-        "label": ["a group", "s group", "r0", "r1", "small"],
-        "kind": ["group", "group", "random_matched", "random_matched", "group"],
-        "group": ["group:attention", "group:ssm", "random:6ofattention+ssm", "random:6ofattention+ssm", "x"],
-        "mode": ["zero"] * 5, "n_targets": [6, 6, 6, 6, 2], "roles": ["attention", "ssm", "", "", "ssm"],
-        "layers": ["0-5"] * 5, "third": [""] * 5})
-    assert ad.matched_groups(table) == {"random:6ofattention+ssm": ["a group", "s group"]}
-    assert ad.comparison_key(table.iloc[2]) == "random from attention+ssm (median), zero"
-    assert ad.third_name("attention off (late third), layers 6-8, zero") == "late"
-    assert np.isnan(ad._first_layer(""))
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
+    assert b"<html" in charts.figure_bytes(chart, "html")[:200].lower()
+    if charts.HAS_VL_CONVERT:
+        assert charts.figure_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in charts.figure_bytes(chart, "svg")[:200]
+    with pytest.raises(ValueError, match="valid: png, svg, html"):
+        charts.figure_bytes(chart, "gif")

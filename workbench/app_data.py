@@ -7,6 +7,7 @@ Streamlit is imported inside functions only, so this module imports without side
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -15,10 +16,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from workbench.store import StoreError, open_store, provenance_json
+from workbench.app.palette import FUNCTION, function_of, role_of
+from workbench.store import StoreError, open_store, provenance_json, verify
 
 DEFAULT_RUNS = "runs"
-RESULT_DIMS = {"condition", "corpus", "window"}  # summary-level variables; activations stay on disk
+RESULT_DIMS = {"condition", "corpus", "window", "task", "item", "layer", "role"}  # activations stay on disk
 N_BOOT = 2000
 CONDITION_COLUMNS = ["id", "label", "kind", "mode", "group", "roles", "layers", "draw_seed", "donor_seed",
                      "n_targets"]
@@ -72,32 +74,112 @@ def fingerprint(path: str | Path) -> tuple:
     return (*stamps, len(chunks), max(chunks, default=0))
 
 
-def store_info(path: str | Path) -> dict:
-    """One row of the store list; an unreadable store gets its error instead of a crash."""
-    path = Path(path)
-    row = {"store": path.name, "path": str(path)}
-    try:
-        ds = open_store(path)
-    except StoreError as exc:
-        return {**row, "model": "", "model_type": "", "conditions": "", "corpora": "", "created": "",
-                "error": str(exc)}
-    done = ds["complete"].values
-    return {**row, "model": str(ds.attrs.get("model", "")), "model_type": str(ds.attrs.get("model_type", "")),
-            "conditions": f"{int(done.sum())}/{done.size}", "corpora": ", ".join(map(str, ds.corpus.values)),
-            "created": str(ds.attrs.get("created", "")), "error": ""}
+def store_size(path: str | Path) -> int:
+    """Bytes on disk under the store folder."""
+    total = 0
+    for p in Path(path).rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def being_written(path: str | Path) -> bool:
+    """Whether a live process holds a claim on one of the store's conditions now.
+
+    ``workbench run`` holds an exclusive lock on ``.NAME.claims/<index>.lock`` while it computes
+    a condition; the kernel drops it when the process dies, so a held lock means a live writer.
+    """
+    import fcntl
+    import os
+
+    root = Path(path).with_name(f".{Path(path).name}.claims")
+    for lock in root.glob("*.lock") if root.is_dir() else ():
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return False
+
+
+_FILL = {"complete": False, "qc_fired": False, "qc_changed": -1, "n_edits": 0}
+
+
+def read_store(path: str | Path) -> tuple[xr.Dataset, dict[int, str]]:
+    """The store's per-condition results, loaded, and its damaged conditions (index -> problem).
+
+    Conditions marked complete whose data are unreadable or missing (``workbench.store.verify``)
+    are not read: they come back blank and not complete, so the rest of the store still draws.
+    Larger arrays (activations) are never read.
+    """
+    ds = open_store(path)
+    problems = verify(ds)
+    if -1 in problems:
+        raise StoreError(f"{path}: {problems[-1]}")
+    keep = [name for name, v in ds.data_vars.items() if set(v.dims) <= RESULT_DIMS]
+    if not problems:
+        return ds[keep].load(), {}
+    good = [i for i in range(ds.sizes["condition"]) if i not in problems]
+    part = ds[keep].isel(condition=good).load()
+    full = part.reindex(condition=ds["condition"].values)
+    full = full.assign_coords({c: ds[c].load() for c in ds.coords if ds[c].dims == ("condition",)})
+    for name, fill in _FILL.items():
+        if name in full:
+            full[name] = full[name].fillna(fill).astype(ds[name].dtype)
+    return full, problems
 
 
 def read_results(path: str | Path) -> xr.Dataset:
-    """The store's per-condition results, loaded; larger arrays (activations) are not read."""
-    ds = open_store(path)
-    keep = [name for name, v in ds.data_vars.items() if set(v.dims) <= RESULT_DIMS]
-    return ds[keep].load()
+    """``read_store`` without the list of damaged conditions."""
+    return read_store(path)[0]
+
+
+def describe_damage(problems: dict[int, str], labels) -> str:
+    labels = list(labels)
+    parts = [f"{labels[i] if 0 <= i < len(labels) else i}: {what}" for i, what in sorted(problems.items())]
+    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return f"{len(parts)} damaged condition(s) ({'; '.join(parts[:3])}{more})"
+
+
+def store_info(path: str | Path) -> dict:
+    """One row of the store list; an unreadable or damaged store gets its error, never a crash."""
+    from workbench.summary import summary_frame
+
+    path = Path(path)
+    row = {"store": path.name, "path": str(path), "model": "", "model_type": "", "n_layers": None,
+           "conditions": "", "complete": False, "corpora": "", "qc": "", "size_mb": round(store_size(path) / 1e6, 2),
+           "created": "", "writing": False, "damaged": "", "error": ""}
+    try:
+        ds, problems = read_store(path)
+        summary = summary_frame(ds)
+    except Exception as exc:  # any unreadable store is listed with its error
+        return {**row, "error": str(exc) if isinstance(exc, StoreError) else
+                f"unreadable ({type(exc).__name__}: {exc})"}
+    done = ds["complete"].values
+    qc = summary["qc"].where(~summary.index.isin(list(problems)), "DAMAGED").value_counts()
+    return {**row, "model": str(ds.attrs.get("model", "")), "model_type": str(ds.attrs.get("model_type", "")),
+            "n_layers": ds.attrs.get("n_layers"),
+            "conditions": f"{int(done.sum())}/{done.size}", "complete": bool(done.all()),
+            "corpora": ", ".join(map(str, ds.corpus.values)),
+            "qc": ", ".join(f"{k} {v}" for k, v in qc.items()),
+            "created": str(ds.attrs.get("created", "")), "writing": being_written(path),
+            "damaged": describe_damage(problems, ds["label"].values) if problems else ""}
 
 
 def store_name(path: str | Path, info: dict | None = None) -> str:
     info = info or {}
-    model = info.get("model")
-    return f"{Path(path).stem} ({model})" if model else Path(path).stem
+    model, stem = info.get("model"), Path(path).stem
+    return f"{stem} ({model})" if model and model != stem else stem
 
 
 # --- cached versions (keyed on path and fingerprint, so a finished condition shows up) ----
@@ -114,21 +196,24 @@ def _cached():
         return store_info(path)
 
     @st.cache_data(show_spinner="Reading store...", max_entries=16)
-    def results(path: str, stamp: tuple) -> xr.Dataset:
-        return read_results(path)
+    def store(path: str, stamp: tuple) -> tuple[xr.Dataset, dict[int, str]]:
+        return read_store(path)
 
     @st.cache_data(show_spinner=False, max_entries=16)
     def summary(path: str, stamp: tuple) -> pd.DataFrame:
-        return summary_frame(results(path, stamp))
+        ds, problems = store(path, stamp)
+        frame = summary_frame(ds)
+        frame.loc[frame.index.isin(list(problems)), "qc"] = "DAMAGED"
+        return frame
 
     @st.cache_data(show_spinner="Bootstrapping intervals...", max_entries=16)
     def intervals(path: str, stamp: tuple, n_boot: int, seed: int) -> xr.Dataset | None:
-        ds = results(path, stamp)
+        ds, _ = store(path, stamp)
         if "baseline" not in list(ds.condition.values):
             return None
         return ratio_intervals(ds, n_boot=n_boot, seed=seed)
 
-    return {"info": info, "results": results, "summary": summary, "intervals": intervals}
+    return {"info": info, "store": store, "summary": summary, "intervals": intervals}
 
 
 def cached_info(path) -> dict:
@@ -136,7 +221,7 @@ def cached_info(path) -> dict:
 
 
 def cached_results(path) -> xr.Dataset:
-    return _cached()["results"](str(path), fingerprint(path))
+    return _cached()["store"](str(path), fingerprint(path))[0]
 
 
 def cached_summary(path) -> pd.DataFrame:
@@ -195,8 +280,38 @@ def condition_table(ds: xr.Dataset, corpus: str, intervals: xr.Dataset | None = 
         out["low"] = out["high"] = np.nan
     out["third"] = [third_name(x) for x in out["label"]]
     out["first_layer"] = [_first_layer(x) for x in out["layers"]]
+    out["role"] = [role_of(r) for r in out["roles"]]
+    out["function"] = [function_of(r) for r in out["roles"]]
+    out["same_as"] = same_as_group(out)
     out["order"] = np.arange(len(out))
     return out
+
+
+def short_number(value: float, ratio: bool = True) -> str:
+    """A ratio with enough decimals to tell it from 1 (1.00033, 1.50, 12.30); else 3 significant digits."""
+    if not np.isfinite(value):
+        return str(value)
+    if not ratio:
+        return f"{value:.3g}"
+    gap = abs(value - 1)
+    places = 2 if gap == 0 else min(5, max(2, 1 - int(np.floor(np.log10(gap)))))
+    return f"{value:.{places}f}"
+
+
+def choices(ids, labels) -> dict[str, str]:
+    """Display text -> condition id, for selectboxes (a repeated label gets its id appended)."""
+    labels = [str(x) for x in labels]
+    return {(lab if labels.count(lab) == 1 else f"{lab} [{cid}]"): str(cid) for cid, lab in zip(ids, labels)}
+
+
+def same_as_group(table: pd.DataFrame) -> list[str]:
+    """For each random draw, the group condition that removes exactly the same components
+    (same single role, layers and mode), else "". Such a trial is no control for that group."""
+    groups = table[table["kind"] == "group"]
+    index = {(r, lay, m): lab for r, lay, m, lab in zip(groups["roles"], groups["layers"], groups["mode"],
+                                                          groups["label"])}
+    return [index.get((r, lay, m), "") if k == "random_matched" else ""
+            for k, r, lay, m in zip(table["kind"], table["roles"], table["layers"], table["mode"])]
 
 
 def _first_layer(layers: str) -> float:
@@ -238,22 +353,37 @@ def log_domain(*frames: pd.DataFrame, columns=("ratio", "low", "high", "min", "m
     return [float(np.exp(vals.min() - pad)), float(np.exp(vals.max() + pad))]
 
 
-def comparison_key(row) -> str:
-    """What makes conditions of different models comparable (not their layer indices)."""
+def comparison_key(row, align: str = "role") -> str:
+    """What makes conditions of different models comparable (not their layer indices).
+
+    ``align="function"`` names roles by what they do, so Falcon-H1's ``ssm`` and Qwen3.5's
+    ``linear_attention`` share the key "linear-time mixer".
+    """
+    if align not in ("role", "function"):
+        raise ValueError(f"align must be 'role' or 'function', got {align!r}")
     kind, mode, roles = row["kind"], row["mode"], row["roles"]
+    if kind == "group" and str(row.get("group", "")).startswith("group:"):
+        roles = str(row["group"]).split(":", 1)[1]  # a skip_layer group's targets are layers; name its role
+    if align == "function":
+        roles = "+".join(dict.fromkeys(FUNCTION.get(r, r) for r in str(roles).split("+") if r))
     if kind == "group":
         return f"{roles} group, {mode}"
     if kind == "thirds":
         return f"{roles} {row['third'] or row['layers']} third, {mode}"
     if kind == "random_matched":
-        return f"random from {random_pool(row['group'])} (median), {mode}"
+        pool = random_pool(row["group"])
+        if align == "function":
+            pool = "+".join(dict.fromkeys(FUNCTION.get(r, r) for r in pool.split("+")))
+        return f"random from {pool} (median), {mode}"
     if kind == "sweep":
         return f"{roles} layer {row['layers']}, {mode}"
     return str(row["label"])
 
 
-def comparison_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Long table (key, kind, store, ratio) over stores; random trials reduced to medians."""
+def comparison_table(tables: dict[str, pd.DataFrame], align: str = "role") -> pd.DataFrame:
+    """Long table (key, kind, store, ratio) over stores; random trials reduced to medians.
+
+    Random draws identical to a group condition are kept but counted in ``n_same``."""
     from probes.stats import trial_summary
 
     rows = []
@@ -261,29 +391,107 @@ def comparison_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         t = table[(table["kind"] != "baseline") & table["complete"]]
         if t.empty:
             continue
-        for key, part in t.groupby(t.apply(comparison_key, axis=1), sort=False):
+        for key, part in t.groupby(t.apply(comparison_key, axis=1, align=align), sort=False):
             kind = part["kind"].iloc[0]
             ratio = trial_summary(part["ratio"])["median"] if kind == "random_matched" else part["ratio"].iloc[0]
             low = np.nan if kind == "random_matched" else part["low"].iloc[0]
             high = np.nan if kind == "random_matched" else part["high"].iloc[0]
+            n_same = int((part["same_as"] != "").sum()) if "same_as" in part else 0
             rows.append({"key": key, "kind": kind, "mode": part["mode"].iloc[0], "roles": part["roles"].iloc[0],
-                         "store": name, "ratio": ratio, "low": low, "high": high, "n": len(part)})
-    return pd.DataFrame(rows, columns=["key", "kind", "mode", "roles", "store", "ratio", "low", "high", "n"])
+                         "function": function_of(part["roles"].iloc[0]), "store": name, "ratio": ratio,
+                         "low": low, "high": high, "n": len(part), "n_same": n_same})
+    return pd.DataFrame(rows, columns=["key", "kind", "mode", "roles", "function", "store", "ratio", "low",
+                                       "high", "n", "n_same"])
+
+
+def sweep_segments(sweep: pd.DataFrame, layers_of: dict[str, list[int]] | None = None) -> pd.Series:
+    """A line id per run of adjacent layers of the same role: a role absent from layers in
+    between (Qwen3.5's attention at 3 and 7) breaks the line instead of bridging the gap.
+
+    ``layers_of`` gives each role's layers in the model; without it, the sweep's own layers.
+    """
+    seg = pd.Series("", index=sweep.index, dtype=object)
+    by = [c for c in ("store", "series") if c in sweep] or ["roles"]
+    for key, part in sweep.groupby(by, sort=False):
+        key = "|".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        role = part["roles"].iloc[0]
+        have = sorted(set((layers_of or {}).get(role, [])) | set(part["first_layer"].astype(int)))
+        run_of, run = {}, 0
+        for a, b in zip([None] + have[:-1], have):
+            if a is not None and b != a + 1:
+                run += 1
+            run_of[b] = run
+        seg[part.index] = [f"{key}|{run_of[int(x)]}" for x in part["first_layer"]]
+    return seg
 
 
 # --- shared sidebar widgets ----------------------------------------------------------------
 
-def sidebar_runs_dir() -> Path:
-    """The runs folder: text input remembered across pages; default from ``-- --runs DIR``."""
+@dataclasses.dataclass
+class Selection:
+    """What the sidebar chose: the runs folder, every store found, their infos, the picked ones."""
+    folder: Path
+    stores: list[str]
+    infos: dict[str, dict]
+    picked: list[str]
+
+    def usable(self) -> list[str]:
+        return [p for p in self.stores if not self.infos[p]["error"]]
+
+    def short(self, path: str) -> str:
+        """The store's folder name (relative path when two share a name), for narrow widgets."""
+        stems = [Path(p).stem for p in self.usable()]
+        if stems.count(Path(path).stem) > 1:
+            return str(Path(path).relative_to(self.folder)) if Path(path).is_relative_to(self.folder) else path
+        return Path(path).stem
+
+    def name(self, path: str) -> str:
+        names = [store_name(p, self.infos[p]) for p in self.usable()]
+        name = store_name(path, self.infos[path])
+        return str(path) if names.count(name) > 1 else name  # same file name in two folders
+
+
+def default_runs_dir() -> str:
     import sys
 
+    return runs_dir_from_argv(sys.argv[1:]) or DEFAULT_RUNS
+
+
+def sidebar() -> Selection:
+    """The sidebar of every page: runs folder and stores. Drawn by the entrypoint on each run,
+    so the choice survives page changes (a page-local widget's state is dropped on a switch)."""
     import streamlit as st
 
-    if "runs_dir" not in st.session_state:
-        st.session_state["runs_dir"] = runs_dir_from_argv(sys.argv[1:]) or DEFAULT_RUNS
-    value = st.sidebar.text_input("Folder of run stores", key="runs_dir", persist_state="session",
+    # The default goes in as the widget's value: a value put in session state before the widget
+    # exists is dropped by Streamlit on the first page change.
+    default = st.session_state.setdefault("_runs_default", default_runs_dir())  # one default per visit
+    value = st.sidebar.text_input("Folder of run stores", value=default, key="runs_dir",
+                                  persist_state="session",
                                   help="Every *.zarr store in this folder and its subfolders is listed.")
-    return Path((value or DEFAULT_RUNS).strip()).expanduser()
+    folder = Path((value or default).strip()).expanduser()
+    stores = [str(p) for p in find_stores(folder)]
+    infos = {p: cached_info(p) for p in stores}
+    sel = Selection(folder, stores, infos, [])
+    usable = sel.usable()
+    if usable:
+        sel.picked = st.sidebar.multiselect(
+            "Stores", usable, default=usable[:1], key=f"stores:{folder}", persist_state="session",
+            format_func=sel.short, help="Pages about one store show the first one picked; Random controls "
+                                       "and Compare show every store picked.")
+    st.session_state["selection"] = sel
+    return sel
+
+
+def selection() -> Selection:
+    """The sidebar's choice for this run; drawn here when a page runs on its own (tests)."""
+    import streamlit as st
+
+    if st.session_state.get(IN_NAVIGATION) and "selection" in st.session_state:
+        return st.session_state["selection"]
+    return sidebar()
+
+
+IN_NAVIGATION = "_sidebar_drawn_by_entrypoint"
 
 
 def explain_no_stores(folder: Path) -> None:
@@ -300,31 +508,95 @@ def explain_no_stores(folder: Path) -> None:
                 f"--out {folder}/NAME.zarr`, or type another folder in the sidebar.")
 
 
-def sidebar_store(stores: list[Path], infos: dict[str, dict]) -> Path | None:
-    """One store chosen in the sidebar (remembered across pages); unreadable ones are skipped."""
+def need_stores(sel: Selection, at_least: int = 1) -> list[str]:
+    """The picked stores, or stop the page with a message saying what is missing and why."""
     import streamlit as st
 
-    options = [str(p) for p in stores if not infos[str(p)]["error"]]
-    if not options:
+    if not sel.stores:
+        explain_no_stores(sel.folder)
+        st.stop()
+    if not sel.usable():
+        st.error(f"None of the {len(sel.stores)} store(s) in `{sel.folder}` could be read; the Runs page "
+                 "lists each with its error.")
+        st.stop()
+    if len(sel.picked) < at_least:
+        st.info(f"Pick {'a store' if at_least == 1 else f'{at_least} or more stores'} in the sidebar "
+                f"({len(sel.usable())} readable in `{sel.folder}`).")
+        st.stop()
+    return sel.picked
+
+
+def one_store(sel: Selection) -> str:
+    """The store a one-store page draws: the first picked, or a choice among the picked."""
+    import streamlit as st
+
+    picked = need_stores(sel)
+    if len(picked) == 1:
+        return picked[0]
+    return st.selectbox("Store", picked, format_func=sel.name)
+
+
+def warn_store(sel: Selection, path: str) -> None:
+    """Say on the page when a store is damaged, partial or still being written."""
+    import streamlit as st
+
+    info = sel.infos[path]
+    name = sel.name(path)
+    if info["damaged"]:
+        st.warning(f"**{name}**: {info['damaged']}. They are left out of every chart; rerun the same "
+                   "`workbench run` command to recompute them.")
+    if info["writing"]:
+        st.info(f"**{name}** is being written now ({info['conditions']} conditions complete); "
+                "charts update as conditions finish.")
+    elif not info["complete"]:
+        st.info(f"**{name}** is partial ({info['conditions']} conditions complete); the rest show as pending. "
+                "Rerun the same `workbench run` command to finish it.")
+
+
+# --- tasks and diagnostics ------------------------------------------------------------------
+
+def group_role(row) -> str:
+    """The role a group condition is about ('group:attention' -> 'attention'), also for
+    skip_layer groups, whose targets are whole layers."""
+    group = str(row["group"])
+    return group.split(":", 1)[1] if group.startswith("group:") else role_of(row["roles"])
+
+
+def accuracy_table(ds: xr.Dataset, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame | None:
+    """Long table (condition, task, accuracy, low, high, drop) when the store has task results.
+
+    Intervals: percentile bootstrap over items of ``correct(condition, task, item)`` when
+    present (items NaN-padded per task are ignored); else point values only.
+    """
+    if "accuracy" not in ds and "correct" not in ds:
         return None
-    if st.session_state.get("store") not in options:
-        st.session_state["store"] = options[0]
-    choice = st.sidebar.selectbox("Run store", options, key="store", persist_state="session",
-                                  format_func=lambda p: store_name(p, infos[p]))
-    return Path(choice) if choice else None
+    tasks = [str(t) for t in ds["task"].values]
+    labels = ds["label"].values
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j, task in enumerate(tasks):
+        correct = ds["correct"].isel(task=j).transpose("condition", "item").values.astype(float) \
+            if "correct" in ds else None
+        acc = (ds["accuracy"].isel(task=j).values if "accuracy" in ds
+               else np.nanmean(correct, axis=1))
+        low = high = np.full(len(acc), np.nan)
+        if correct is not None:
+            items = ~np.isnan(correct).all(axis=0)
+            c = np.nan_to_num(correct[:, items])
+            n = c.shape[1]
+            if n:
+                counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).T / n  # (item, draw)
+                boots = c @ counts
+                low, high = np.quantile(boots, 0.025, axis=1), np.quantile(boots, 0.975, axis=1)
+        for i, cid in enumerate(ds["condition"].values):
+            rows.append({"id": str(cid), "label": str(labels[i]), "task": task, "accuracy": float(acc[i]),
+                         "low": float(low[i]), "high": float(high[i])})
+    out = pd.DataFrame(rows)
+    base = out[out["id"] == "baseline"].set_index("task")["accuracy"]
+    out["drop"] = [base.get(t, np.nan) - a for t, a in zip(out["task"], out["accuracy"])]
+    return out
 
 
-def choose_store() -> tuple[Path | None, dict]:
-    """Sidebar: folder and store. Returns (store path or None, infos of every store found)."""
-    import streamlit as st
-
-    folder = sidebar_runs_dir()
-    stores = find_stores(folder)
-    if not stores:
-        explain_no_stores(folder)
-        return None, {}
-    infos = {str(p): cached_info(p) for p in stores}
-    path = sidebar_store(stores, infos)
-    if path is None:
-        st.error(f"None of the {len(stores)} store(s) in `{folder}` could be read; see the list on the home page.")
-    return path, infos
+def layer_variables(ds: xr.Dataset) -> list[str]:
+    """Diagnostic variables over (condition, layer), e.g. ``cka(condition, layer)``."""
+    return [name for name, v in ds.data_vars.items() if set(v.dims) == {"condition", "layer"}]

@@ -1,0 +1,101 @@
+"""Layer sweep: one component (or whole layer) removed at a time, as a layer x role heatmap;
+click a cell for that condition's details."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from workbench import app_data as ad
+from workbench.app import charts
+
+st.title("Layer sweep")
+sel = ad.selection()
+path = ad.one_store(sel)
+ad.warn_store(sel, path)
+ds = ad.cached_results(path)
+summary = ad.cached_summary(path)
+intervals = ad.cached_intervals(path)
+corpora = [str(c) for c in ds.corpus.values]
+acc = ad.accuracy_table(ds)
+diagnostics = ad.layer_variables(ds)
+
+metrics = ["perplexity ratio"] + (["accuracy drop"] if acc is not None else []) + diagnostics
+c1, c2 = st.columns(2)
+metric = c1.selectbox("Value", metrics, help="Accuracy drop appears once the store has task results "
+                      "(`workbench study`); variables over (condition, layer) appear when present.")
+sweep_ids = set(summary.loc[(summary["kind"] == "sweep") & summary["complete"], "id"])
+if not sweep_ids:
+    st.info("This store has no completed layer-sweep conditions (`workbench run --preset sweep` or "
+            "`--preset study` makes them).")
+    st.stop()
+if intervals is None:
+    st.warning("This store has no baseline condition: ratios need one.")
+    st.stop()
+
+if metric == "perplexity ratio":
+    corpus = c2.selectbox("Corpus", corpora)
+    table = ad.condition_table(ds, corpus, intervals, summary)
+    cells = table[table["id"].isin(sweep_ids)].copy()
+    cells["value"] = cells["ratio"]
+    colour = alt.Color("value:Q", title="perplexity / baseline",
+                       scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0),
+                       legend=alt.Legend(orient="right", format=".6~r"))
+    caption = (f"perplexity with that component removed / baseline, corpus **{corpus}** "
+               "(log colour scale: red worse, blue better than the baseline)")
+elif metric == "accuracy drop":
+    task = c2.selectbox("Task", sorted(set(acc["task"])))
+    table = ad.condition_table(ds, corpora[0], intervals, summary)
+    drop = acc[acc["task"] == task].set_index("id")["drop"]
+    cells = table[table["id"].isin(sweep_ids)].copy()
+    cells["value"] = cells["id"].map(drop)
+    colour = alt.Color("value:Q", title="accuracy drop", scale=alt.Scale(scheme="orangered"))
+    caption = f"baseline accuracy minus accuracy with that component removed, task **{task}**"
+else:
+    layer = c2.selectbox("Measured at layer", [int(x) for x in ds["layer"].values][::-1])
+    table = ad.condition_table(ds, corpora[0], intervals, summary)
+    values = ds[metric].sel(layer=layer).to_series()
+    cells = table[table["id"].isin(sweep_ids)].copy()
+    cells["value"] = cells["id"].map(values.rename(index=str))
+    colour = alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis"))
+    caption = f"`{metric}` measured at layer {layer} with that component removed"
+
+cells = cells.assign(layer=cells["first_layer"].astype(int),
+                     row=[f"{r}, {m}" if m != "zero" else r for r, m in zip(cells["roles"], cells["mode"])])
+cells = cells[np.isfinite(cells["value"].astype(float))]
+cells["text"] = [ad.short_number(v, metric == "perplexity ratio") for v in cells["value"]]
+st.caption(caption + ". Empty cells: the model has no such component there. Click a cell for its details.")
+pick = alt.selection_point(fields=["id"], name="cell", on="click", clear="dblclick")
+rows = list(dict.fromkeys(cells.sort_values("order")["row"]))
+base = alt.Chart(cells).encode(x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
+                               y=alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelLimit=0)))
+tip = ["label", alt.Tooltip("value:Q", format=".4f"), alt.Tooltip("low:Q", format=".4f", title="95% low"),
+       alt.Tooltip("high:Q", format=".4f", title="95% high"), "qc"]
+chart = (base.mark_rect(stroke="white", strokeWidth=1).encode(
+             color=colour, tooltip=tip,
+             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.35)))
+         + base.mark_text(fontSize=10).encode(text="text:N", color=alt.value("black"))).add_params(pick)
+cols = ["label", "roles", "mode", "layer", "value", "low", "high", "qc", "id"]
+event = charts.show(chart.properties(height=alt.Step(40)), f"layer sweep {metric}", cells[cols],
+                    on_select="rerun", selection_mode="cell", key="sweep_heatmap")
+
+clicked = [p.get("id") for p in (event.selection.get("cell") or [])] if event else []
+ordered = cells.sort_values(["row", "layer"])
+options = ad.choices(ordered["id"], ordered["label"])
+ids = list(options.values())
+default = ids.index(clicked[0]) if clicked and clicked[0] in ids else 0
+chosen = options[st.selectbox("Condition details", list(options), index=default)]
+row = summary.set_index("id").loc[chosen]
+detail = pd.DataFrame({"corpus": corpora,
+                       "ratio": [row[f"ratio:{c}"] for c in corpora],
+                       "95% low": intervals["low"].sel(condition=chosen).values,
+                       "95% high": intervals["high"].sel(condition=chosen).values,
+                       "perplexity": [row[f"perplexity:{c}"] for c in corpora],
+                       "bits_per_byte": [row[f"bits_per_byte:{c}"] for c in corpora]})
+st.markdown(f"**{row['label']}** · kind {row['kind']} · mode {row['mode']} · QC **{row['qc']}** · "
+            f"{int(ds['n_edits'].sel(condition=chosen))} edits · "
+            f"{float(ds['elapsed_s'].sel(condition=chosen)):.1f} s")
+st.dataframe(detail, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                                     for c in ("ratio", "95% low", "95% high", "bits_per_byte")})

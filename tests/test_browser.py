@@ -1,0 +1,146 @@
+"""End to end in a real browser: the app served on a loopback port, every page opened, a selector
+switched on each, no error shown, the main chart drawn, and a screenshot saved per page.
+
+Needs Debian's chromium (`apt-get install -y chromium`) and the `playwright` package (its own
+browser download is never used: it cannot work offline).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS", ROOT / "docs" / "screenshots"))
+# (navigation title, screenshot name, main element, how to switch one selector)
+PAGES = [("Runs", "runs", "stDataFrame", ("multiselect", "Stores", "qwen3_5")),
+         ("Model map", "model_map", "stVegaLiteChart", ("toggle", "Show whole-layer rows", None)),
+         ("Perplexity and tasks", "perplexity", "stVegaLiteChart", ("selectbox", "Bootstrap resamples", "500")),
+         ("Layer sweep", "layer_sweep", "stVegaLiteChart", ("selectbox", "Condition details", "ssm off, layer 2")),
+         ("Random controls", "random_controls", "stVegaLiteChart", ("multiselect", "Stores", "study")),
+         ("Compare", "compare", "stVegaLiteChart", ("radio", "Line up roles by", "function")),
+         ("Report", "report", "stImage", ("selectbox", "Report", "study2"))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium")
+    pytest.importorskip("playwright", reason="pip install playwright (never `playwright install`)")
+    from PIL import Image
+
+    from test_app import make_runs
+
+    runs = make_runs(tmp_path_factory.mktemp("browser_runs"))
+    shutil.rmtree(runs / "control")  # the first store picked by default is then a hybrid (Falcon-H1)
+    for name, colour in (("study1", "#4e79a7"), ("study2", "#e15759")):
+        (runs / name).mkdir()
+        Image.new("RGB", (480, 200), colour).save(runs / name / "ratios.png")
+        (runs / name / "report.md").write_text(f"# {name}\n\nRemoving attention hurts most.\n\n"
+                                               "![perplexity ratios](ratios.png)\n")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--runs", str(runs)]
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def _settled(page) -> None:
+    """Wait until Streamlit has finished the run (no 'running' status) and charts are drawn."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    for chart in page.locator('[data-testid="stVegaLiteChart"]').all():
+        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def _switch(page, kind: str, label: str, option: str | None) -> None:
+    testid = {"selectbox": "stSelectbox", "multiselect": "stMultiSelect", "radio": "stRadio",
+              "toggle": "stCheckbox"}[kind]
+    widget = page.locator(f'[data-testid="{testid}"]').filter(has_text=label).first
+    if kind in ("selectbox", "multiselect"):
+        page.get_by_role("combobox", name=label).first.click()
+        page.get_by_role("option").filter(has_text=option).first.click()
+        page.keyboard.press("Escape")
+    elif kind == "radio":
+        widget.get_by_text(option, exact=True).click()
+    else:
+        widget.locator("label").first.click()
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+
+
+def _screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the window to fit it."""
+    height = page.evaluate('document.querySelector(\'[data-testid="stMain"]\').scrollHeight')
+    page.set_viewport_size({"width": 1440, "height": min(max(int(height), 800), 4000)})
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1440, "height": 1000})
+
+
+def test_every_page_in_a_browser(served):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(served)
+        _settled(page)
+        for title, name, main, (kind, label, option) in PAGES:
+            page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+            _settled(page)
+            folder = page.locator('[data-testid="stTextInput"] input').first.input_value()
+            assert folder.endswith("browser_runs0"), (title, folder)  # the --runs folder, on every page
+            assert page.locator('[data-testid="stException"]').count() == 0, title
+            _switch(page, kind, label, option)
+            _settled(page)
+            assert page.locator('[data-testid="stException"]').count() == 0, title
+            assert page.locator(f'[data-testid="{main}"]').count() > 0, (title, main)
+            _screenshot(page, SHOTS / f"{name}.png")
+        # a page's own URL, opened directly, gets the same app (navigation, sidebar, wide layout)
+        page.goto(f"{served}/layer_sweep")
+        _settled(page)
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Perplexity and tasks" in nav and "streamlit app" not in nav.lower(), nav
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert page.get_by_role("combobox", name="Condition details").count() == 1
+        browser.close()
+    assert not errors, errors

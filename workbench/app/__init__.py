@@ -1,0 +1,1 @@
+"""Helpers of the Streamlit app (palette, charts, component records); no torch at import."""

@@ -1,0 +1,39 @@
+"""`workbench app`: start the Streamlit app on a folder of run stores.
+
+The lead mounts ``app`` in ``workbench/cli.py`` (``cli.command("app")(app)``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+
+
+def streamlit_command(runs: str, host: str, port: int, headless: bool = True) -> list[str]:
+    """The ``streamlit run`` command line for these settings."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true" if headless else "false",
+            "--browser.gatherUsageStats", "false",
+            "--", "--runs", runs]
+
+
+def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (searched 3 levels deep)."),
+        host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to listen on; 0.0.0.0 serves every network interface."),
+        port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
+        open_browser: bool = typer.Option(False, "--open/--no-open", help="Open a browser tab.")) -> None:
+    """Open the app on a folder of run stores (reads stores only; never runs a model)."""
+    if not APP.is_file():
+        raise typer.BadParameter(f"the app script {APP} is missing (a source checkout is needed)")
+    folder = Path(runs).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"--runs {runs} is a file; give the folder that holds the *.zarr stores")
+    typer.echo(f"Workbench app on http://{host}:{port}  (runs folder: {folder.resolve()})")
+    cmd = streamlit_command(str(folder.resolve()), host, port, headless=not open_browser)
+    os.execv(cmd[0], cmd)  # Streamlit owns the process from here (signals, Ctrl-C)
