@@ -32,10 +32,10 @@ TEXT = ("It was the best of times, it was the worst of times, it was the age of 
 KW = dict(context=32, stride=16, progress=False)
 
 
-def _with_component_map(path: Path, model) -> None:
-    """Record the component map in the store's attrs (as the runner will)."""
+def _without_component_map(path: Path) -> None:
+    """Drop the component map from a store's attrs (as in stores written before it was recorded)."""
     group = zarr.open_group(path, mode="r+", zarr_format=2)
-    group.attrs["component_map"] = json.dumps(component_records(model))
+    del group.attrs["component_map"]
     zarr.consolidate_metadata(path, zarr_format=2)
 
 
@@ -58,9 +58,9 @@ def make_runs(folder: Path) -> Path:
         *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=4),
         plans.RandomSpec(kind="random_matched", size=3, pool=["attention"], seeds=2)]})
     run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr", **KW)
-    _with_component_map(folder / "study.zarr", loaded.model)
     run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "groups"), cmap), [corpus],
              folder / "control" / "groups.zarr", **KW)
+    _without_component_map(folder / "control" / "groups.zarr")
 
     class Stop(Exception):
         pass
@@ -87,7 +87,6 @@ def make_runs(folder: Path) -> Path:
         hspec = plans.PlanSpec(name="hybrid", mode="zero", generators=gens)
         out = folder / "hybrids" / f"{model_type}.zarr"
         run_plan(hybrid, plans.resolve(hspec, hmap), [load_corpus(str(corpus_file), hybrid.tokenizer)], out, **KW)
-        _with_component_map(out, hybrid.model)
     return folder
 
 
@@ -103,7 +102,7 @@ def start(runs_dir, page: str | None = None, picked: list[str] | None = None, mo
             stores = next(m for m in at.multiselect if m.label == "Stores")
             stores.set_value([str(p) for p in picked]).run()
         if page:
-            at.switch_page(f"app_pages/{page}.py").run()
+            at.switch_page(f"pages/{page}.py").run()
     finally:
         sys.argv = old
     return at
@@ -155,7 +154,8 @@ def test_component_records_and_frame(runs):
     assert (frame["n_params"] > 0).all()
     layer0 = frame[frame["layer"] == 0].set_index("role")["n_params"]
     assert layer0["layer"] >= layer0["attention"] + layer0["ssm"] + layer0["mlp"]
-    assert component_frame(ad.read_results(runs / "control" / "groups.zarr")) is None
+    assert component_frame(ad.read_results(runs / "study.zarr")) is not None  # the runner records it
+    assert component_frame(ad.read_results(runs / "control" / "groups.zarr")) is None  # an older store
 
 
 def test_comparison_keys_align_by_function():
@@ -259,7 +259,7 @@ def test_runs_folder_survives_page_changes(runs, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--runs", str(runs)])
     at = start(runs)
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"pages/{page}.py").run()
         assert widget(at, "text_input", "Folder of run stores").value == str(runs), page
         assert "`runs` does not exist" not in texts(at, "warning"), page
 
@@ -352,17 +352,13 @@ def test_role_colours_fixed_whatever_the_filter(runs):
 
 def test_app_never_imports_torch(runs):
     """Importing the app modules and running every page leaves torch out of sys.modules."""
-    probe = subprocess.run([sys.executable, "-c", "import sys, workbench.summary; print('torch' in sys.modules)"],
-                           capture_output=True, text=True, cwd=ROOT, env=_env())
-    if probe.stdout.strip() == "True":
-        pytest.xfail("workbench.summary imports torch (through workbench.evaluate.perplexity.safe_exp)")
     code = f"""
 import sys
 from streamlit.testing.v1 import AppTest
 sys.argv = ["streamlit_app.py", "--runs", {str(runs)!r}]
 at = AppTest.from_file({ENTRY!r}, default_timeout=120).run()
 for page in {PAGES!r}:
-    at.switch_page(f"app_pages/{{page}}.py").run()
+    at.switch_page(f"pages/{{page}}.py").run()
     assert not at.exception, page
 print("torch" in sys.modules)
 """

@@ -303,6 +303,12 @@ def show(store_path: Path = typer.Argument(..., help="a run store"),
         err.print(f"QC {rec['qc']}: {rec['label']}", markup=False, highlight=False)
 
 
+def _mount_app() -> None:
+    from workbench.app_cli import app as app_command
+
+    app.command("app", help="Open the app on a runs folder (locally or on a shared machine).")(app_command)
+
+
 def _mount_optional() -> None:
     """Data building and training live in their own packages; mount them when present."""
     try:
@@ -317,6 +323,7 @@ def _mount_optional() -> None:
         pass
 
 
+_mount_app()
 _mount_optional()
 
 

@@ -26,6 +26,7 @@ from workbench.evaluate.multiple_choice import assemble, score_tasks
 from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_windows, safe_exp,
                                            score_windows)
 from workbench.architectures import component_map
+from workbench.app.components import component_records
 from workbench.interventions import Intervener, check_reference, donor_windows
 from workbench.loading import LoadedModel, tokenizer_hash, weights_hash
 from workbench.paths import REPO_ROOT
@@ -168,6 +169,7 @@ def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protoc
         "dtype": dtype,
         "versions": json.dumps(versions),
         "model_check": json.dumps(model_check or {}),
+        "component_map": json.dumps(component_records(loaded.model)),
         "resume_key": json.dumps(key, sort_keys=True),
         "git_commit": _git_commit(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
