@@ -1,4 +1,4 @@
-"""The app: sidebar (runs folder, stores) and navigation between the pages in ``pages/``.
+"""The app: sidebar (runs folder, stores) and navigation between the pages in ``app_pages/``.
 
 The folder is not called ``pages/``: Streamlit would also serve each file there as a page of its
 own (without this sidebar and navigation) to a visitor who opens its URL directly.
@@ -15,13 +15,13 @@ import streamlit as st
 
 from workbench import app_data as ad
 
-PAGES = [("pages/runs.py", "Runs", ":material/folder_open:"),
-         ("pages/model_map.py", "Model map", ":material/account_tree:"),
-         ("pages/perplexity.py", "Perplexity and tasks", ":material/bar_chart:"),
-         ("pages/layer_sweep.py", "Layer sweep", ":material/grid_on:"),
-         ("pages/random_controls.py", "Random controls", ":material/scatter_plot:"),
-         ("pages/compare.py", "Compare", ":material/compare_arrows:"),
-         ("pages/report.py", "Report", ":material/article:")]
+PAGES = [("app_pages/runs.py", "Runs", ":material/folder_open:"),
+         ("app_pages/model_map.py", "Model map", ":material/account_tree:"),
+         ("app_pages/perplexity.py", "Perplexity and tasks", ":material/bar_chart:"),
+         ("app_pages/layer_sweep.py", "Layer sweep", ":material/grid_on:"),
+         ("app_pages/random_controls.py", "Random controls", ":material/scatter_plot:"),
+         ("app_pages/compare.py", "Compare", ":material/compare_arrows:"),
+         ("app_pages/report.py", "Report", ":material/article:")]
 
 st.set_page_config(page_title="Ablation workbench", layout="wide", initial_sidebar_state="expanded")
 page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)

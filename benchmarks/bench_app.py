@@ -52,7 +52,7 @@ def main() -> None:
           f"picking every store {pick:.2f} s")
     print(f"{'page':<18}{'cold s':>8}{'warm s':>8}  charts  errors")
     for page in PAGES:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"app_pages/{page}.py")
         start = time.perf_counter()
         at.run()
         cold = time.perf_counter() - start

@@ -102,7 +102,7 @@ def start(runs_dir, page: str | None = None, picked: list[str] | None = None, mo
             stores = next(m for m in at.multiselect if m.label == "Stores")
             stores.set_value([str(p) for p in picked]).run()
         if page:
-            at.switch_page(f"pages/{page}.py").run()
+            at.switch_page(f"app_pages/{page}.py").run()
     finally:
         sys.argv = old
     return at
@@ -259,7 +259,7 @@ def test_runs_folder_survives_page_changes(runs, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--runs", str(runs)])
     at = start(runs)
     for page in PAGES:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
         assert widget(at, "text_input", "Folder of run stores").value == str(runs), page
         assert "`runs` does not exist" not in texts(at, "warning"), page
 
@@ -358,7 +358,7 @@ from streamlit.testing.v1 import AppTest
 sys.argv = ["streamlit_app.py", "--runs", {str(runs)!r}]
 at = AppTest.from_file({ENTRY!r}, default_timeout=120).run()
 for page in {PAGES!r}:
-    at.switch_page(f"pages/{{page}}.py").run()
+    at.switch_page(f"app_pages/{{page}}.py").run()
     assert not at.exception, page
 print("torch" in sys.modules)
 """

@@ -132,6 +132,9 @@ def test_every_page_in_a_browser(served):
             assert page.locator('[data-testid="stException"]').count() == 0, title
             _switch(page, kind, label, option)
             _settled(page)
+            # a rerun may start after the settle check on a busy machine: wait for the chart itself
+            page.locator(f'[data-testid="{main}"]').first.wait_for(timeout=30_000)
+            _settled(page)
             assert page.locator('[data-testid="stException"]').count() == 0, title
             assert page.locator(f'[data-testid="{main}"]').count() > 0, (title, main)
             _screenshot(page, SHOTS / f"{name}.png")
