@@ -70,8 +70,8 @@ VARIABLES = {
 }
 
 
-class DiagnoseError(ValueError):
-    """A store that cannot be diagnosed as asked; the message says why and what to do."""
+class DiagnoseError(run_store.StoreError):
+    """(A StoreError, so the CLI reports it as a one-line usage error.) A store that cannot be diagnosed as asked; the message says why and what to do."""
 
 
 # -- the store, its model and its inputs -------------------------------------------------------
