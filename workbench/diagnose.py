@@ -623,6 +623,7 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
     clean = hidden(0)
     fitted = None
     per_row: list[dict] = []
+    seconds: dict[str, float] = {}
     maps_in: dict[str, np.ndarray] = {}
     map_keep = np.sort(rng.choice(keep.size, size=min(keep.size, max(3, 5000 // len(rows.ids))), replace=False))
     bar = _bar(progress)
@@ -631,9 +632,18 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
         for r, cond in enumerate(rows.conditions):
             run = clean if r == 0 else hidden(r)
             vals: dict[str, xr.DataArray] = {}
+            tick = time.perf_counter()
+
+            def took(kind):
+                nonlocal tick
+                now = time.perf_counter()
+                seconds[kind] = seconds.get(kind, 0.0) + now - tick
+                tick = now
+
             if "cka" in wanted:
                 c = cka_to_clean({"x": da(run)}, da(clean)).isel(condition=0, drop=True)
                 vals.update(cka_linear=c["cka_linear"], cka_debiased=c["cka_debiased"])
+                took("cka")
             if "norms" in wanted:
                 vals.update(resid_norm=resid_norm(da(run)), norm_ratio=norm_ratio(da(run), da(clean)),
                             cos_to_clean=cos_to_clean(da(run), da(clean)))
@@ -641,11 +651,13 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                 inp = layer_inputs(da(run[1:], layers[1:]), run[0])
                 vals["write_norm"] = write_norm(outs, inp, comp_layers, comp_keys).drop_vars("layer")
                 del outs, inp
+                took("norms")
             if "lens" in wanted:
                 final = act["final_hidden"].isel(condition=r, token=keep).values
                 clean_final = final if r == 0 else act["final_hidden"].isel(condition=0, token=keep).values
                 lens = _lens(model, cmap, run, final, clean_final, targets, last, layers)
                 vals.update({k: lens[k] for k in VARIABLES["lens"] if k in lens})
+                took("lens")
             if "probes" in wanted:
                 if r == 0:
                     res, fitted = fit_probes(da(run), labels, groups, token_ids=tok_ids, seed=seed, return_probes=True)
@@ -656,10 +668,12 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                 vals.update(probe_acc=res["probe_acc"], probe_selectivity=res["probe_selectivity"])
                 vals["probe_transfer_acc"] = transfer(fitted, {"x": da(run)}, labels)["probe_transfer_acc"].isel(
                     condition=0, drop=True)
+                took("probes")
             if "retrieval" in wanted:
                 ret = retrieval(iv, cond, inputs, len(strings), proto.get("prefix_id"), seed=seed,
                                 exclude=[t for t in (tokenizer.all_special_ids or []) if t < len(strings)])
                 vals.update({k: ret[k] for k in ret.data_vars})
+                took("retrieval")
             if "state" in wanted and any(c.role in STATE_ROLES for c in cmap.components):
                 ids = sample.ids[:batch_size]
                 try:
@@ -669,6 +683,7 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                     vals["state_norm"] = xr.DataArray(s.values, dims="layer", coords={"layer": s["layer"].values})
                 except StateError:
                     pass
+                took("state")
             if "maps" in wanted:
                 maps_in[rows.ids[r]] = run[mid_i][map_keep]
             per_row.append(vals)
@@ -678,11 +693,13 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
 
     out = stack_conditions({rows.ids[r]: xr.Dataset(v) for r, v in enumerate(per_row)})
     if "maps" in wanted and maps_in:
+        tick = time.perf_counter()
         parts = []
         for method in map_methods:
             m = shared_map(maps_in, method, max_points=len(maps_in) * map_keep.size, seed=seed)
             parts.append(m["map_xy"].assign_coords(token=keep[map_keep]))
         out["map_xy"] = xr.concat(parts, dim=pd.Index(list(map_methods), name="method"))
+        seconds["maps"] = time.perf_counter() - tick
     out.attrs.update({"middle_layer": mid, "map_layer": mid, "map_methods": ",".join(map_methods),
                       "probe_layers": f"clean: every layer; ablations: {probe_layers} layer(s)",
                       "tokens_used": int(keep.size), "lens_kl_last_token": "KL(clean final || lens) at the "
@@ -690,5 +707,6 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                       "retrieval": "16 random sequences of 32 distinct tokens, repeated; eager attention",
                       "state_norm": f"mean over the first {batch_size} sample windows of the state after "
                                     "their last token",
-                      "layer_note": "layer -1: the embedding output"})
+                      "layer_note": "layer -1: the embedding output",
+                      "seconds": json.dumps({k: round(v, 2) for k, v in seconds.items()})})
     return out
