@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -99,7 +100,6 @@ def test_stored_residuals_equal_plain_hooks(diagnosed, loaded, mode):
     assert bool(act["complete"].values[row])
     iv = Intervener(loaded.model)
     ds = open_store(diagnosed)
-    import json
     windows = json.loads(act.attrs["window_begins"])
     ids = torch.stack([load_corpus_ids(ds, loaded)[b:b + 32] for b in windows])
     scored, reference, avoid = rebuild_inputs(ds, loaded.tokenizer)

@@ -296,14 +296,22 @@ def _layout(path: Path, sample: Sample, rows: Rows, cmap: ComponentMap, token_te
                            attributes={"_ARRAY_DIMENSIONS": list(dims)}, overwrite=True)
 
 
-def _logit_stats(logits: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nll, argmax) of (n, vocab) logits against targets (-1: none)."""
-    logp = torch.log_softmax(logits.double(), -1)
+def _logit_stats(logits: torch.Tensor, targets: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(nll, argmax) of (n, vocab) logits against targets (-1: none), ``chunk`` rows at a time
+    (a float64 copy of every row at once would be the largest allocation of a batch)."""
+    n = logits.shape[0]
+    nll = np.full(n, np.nan, dtype=np.float32)
+    top1 = np.empty(n, dtype=np.int32)
     t = torch.as_tensor(targets)
-    ok = t >= 0
-    nll = torch.full((logits.shape[0],), float("nan"), dtype=torch.float64)
-    nll[ok] = -logp[ok.nonzero()[:, 0], t[ok]]
-    return nll.float().numpy(), logits.argmax(-1).int().numpy()
+    for a in range(0, n, chunk):
+        x = logits[a:a + chunk].double()
+        tt = t[a:a + chunk]
+        ok = tt >= 0
+        picked = x[torch.arange(x.shape[0]), tt.clamp(min=0)]
+        val = (torch.logsumexp(x, -1) - picked).float().numpy()
+        nll[a:a + chunk] = np.where(ok.numpy(), val, np.nan)
+        top1[a:a + chunk] = x.argmax(-1).int().numpy()
+    return nll, top1
 
 
 def capture_condition(iv: Intervener, path: Path, row: int, cond: Condition, sample: Sample, inputs: Inputs,
