@@ -171,7 +171,8 @@ def test_diagnostics_have_their_dims(diagnosed):
             "lens_entropy": ("condition", "layer"), "lens_kl_last_token": ("condition", "layer"),
             "resid_norm": ("condition", "layer"), "norm_ratio": ("condition", "layer"),
             "cos_to_clean": ("condition", "layer"), "write_norm": ("condition", "component"),
-            "retrieval_acc": ("condition",), "induction_score": ("condition", "layer", "head"),
+            "retrieval_acc": ("condition",), "retrieval_text_acc": ("condition",),
+            "retrieval_text_first_acc": ("condition",), "induction_score": ("condition", "layer", "head"),
             "state_norm": ("condition", "layer"), "map_xy": ("method", "condition", "token", "axis")}
     for name, d in dims.items():
         assert diag[name].dims == d, name

@@ -58,13 +58,14 @@ from workbench.states import STATE_ROLES, StateError, removed_keys, state_norms
 DIAGNOSTICS = ("cka", "probes", "lens", "norms", "retrieval", "state", "maps")
 ACTIVATIONS, DIAG = "activations", "diagnostics"
 ZARR = run_store.ZARR
+STATE_WINDOWS = 4  # sample windows whose final recurrent state is measured (a forward per condition)
 LENS_VALUES = 1 << 22  # (layer x token x vocab) float32 values of lens logits held at once
 VARIABLES = {
     "cka": ("cka_linear", "cka_debiased"),
     "probes": ("probe_acc", "probe_selectivity", "probe_transfer_acc"),
     "lens": ("lens_kl", "lens_top1", "lens_ce", "lens_entropy", "lens_kl_last_token"),
     "norms": ("resid_norm", "norm_ratio", "cos_to_clean", "write_norm"),
-    "retrieval": ("retrieval_acc", "induction_score"),
+    "retrieval": ("retrieval_acc", "induction_score", "retrieval_text_acc", "retrieval_text_first_acc"),
     "state": ("state_norm",),
     "maps": ("map_xy",),
 }
@@ -377,10 +378,23 @@ def eager_attention(model: torch.nn.Module):
             model.set_attn_implementation(before)
 
 
+def _copy_accuracy(logits: torch.Tensor, ids: np.ndarray, shift: int) -> tuple[float, float]:
+    """Top-1 accuracy of next-token predictions inside the first and the second copy."""
+    half = ids.shape[1] // 2
+    pred = logits.float().cpu().argmax(-1).numpy()[:, shift:]
+    hit = pred[:, :-1] == ids[:, 1:]
+    return float(hit[:, :half - 1].mean()), float(hit[:, half:].mean())
+
+
 def retrieval(iv: Intervener, cond: Condition, inputs: Inputs, vocab: int, prefix_id: int | None, *,
-              n_seq: int = 16, length: int = 32, seed: int = 0, exclude=()) -> xr.Dataset:
+              n_seq: int = 16, length: int = 32, seed: int = 0, exclude=(), text=None) -> xr.Dataset:
     """``retrieval_acc`` and ``induction_score(layer, head)`` on repeated random sequences
-    (probes.retrieval), the attention pattern read from each attention module's eager output."""
+    (probes.retrieval), the attention pattern read from each attention module's eager output.
+
+    ``text`` (n, length) token ids of real text: adds ``retrieval_text_acc`` (next-token
+    accuracy inside the second copy of the text repeated) and ``retrieval_text_first_acc``
+    (inside the first copy: what the model predicts without anything to retrieve). Small
+    models trained briefly often retrieve nothing from random tokens yet copy real text."""
     from probes.retrieval import induction_scores, repeated_sequences, retrieval_accuracy
 
     seqs = repeated_sequences(vocab, n_seq, length, seed=seed, exclude=exclude)
@@ -413,6 +427,14 @@ def retrieval(iv: Intervener, cond: Condition, inputs: Inputs, vocab: int, prefi
             if iv.cmap.get(int(layer), "attention").key in removed:
                 scores[i] = np.nan  # its attention never reached the network
         ds["induction_score"] = scores
+    if text is not None:
+        rep = np.concatenate([text, text], axis=1)
+        ids = torch.as_tensor(rep)
+        if shift:
+            ids = torch.cat([torch.full((rep.shape[0], 1), prefix_id, dtype=ids.dtype), ids], 1)
+        out = iv.run(ids, cond, **inputs(cond, ids, np.arange(rep.shape[0]) + 2 * 10**6))
+        first, second = _copy_accuracy(out.logits, rep, shift)
+        ds["retrieval_text_acc"], ds["retrieval_text_first_acc"] = second, first
     return ds
 
 
@@ -466,8 +488,9 @@ def diagnostics_summary(store_path: str | Path) -> pd.DataFrame:
             rec["cka_below_0.9_layer"] = _first(ds["cka_linear"].values[i], layers, lambda v: v < 0.9)
         if "lens_top1" in ds:
             rec["lens_top1_over_half_layer"] = _first(ds["lens_top1"].values[i], layers, lambda v: v > 0.5)
-        if "retrieval_acc" in ds:
-            rec["retrieval_acc"] = float(ds["retrieval_acc"].values[i])
+        for name in ("retrieval_acc", "retrieval_text_acc"):
+            if name in ds:
+                rec[name] = float(ds[name].values[i])
         if "probe_acc" in ds:
             for p in ds["probe"].values:
                 rec[f"probe_acc_mid:{p}"] = float(ds["probe_acc"].sel(condition=c, layer=mid, probe=p))
@@ -629,6 +652,9 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
         labels = labels.assign_coords(token=np.arange(keep.size))
         groups, tok_ids = sample.window[keep], win_ids.ravel()[flat]
     clean = hidden(0)
+    shift = int(proto.get("prefix_id") is not None)
+    n_text = min(16, sample.ids.shape[0])
+    text = sample.ids[:n_text, shift:shift + 32].numpy() if sample.ids.shape[1] - shift >= 32 else None
     fitted = None
     per_row: list[dict] = []
     seconds: dict[str, float] = {}
@@ -679,14 +705,15 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                 took("probes")
             if "retrieval" in wanted:
                 ret = retrieval(iv, cond, inputs, len(strings), proto.get("prefix_id"), seed=seed,
-                                exclude=[t for t in (tokenizer.all_special_ids or []) if t < len(strings)])
+                                exclude=[t for t in (tokenizer.all_special_ids or []) if t < len(strings)],
+                                text=text)
                 vals.update({k: ret[k] for k in ret.data_vars})
                 took("retrieval")
             if "state" in wanted and any(c.role in STATE_ROLES for c in cmap.components):
-                ids = sample.ids[:batch_size]
+                ids = sample.ids[:STATE_WINDOWS]
                 try:
                     sn = state_norms(model, ids, cmap, cond, intervener=iv,
-                                     **inputs(cond, ids, sample.begins[:batch_size]))
+                                     **inputs(cond, ids, sample.begins[:STATE_WINDOWS]))
                     s = sn.mean("row")
                     vals["state_norm"] = xr.DataArray(s.values, dims="layer", coords={"layer": s["layer"].values})
                 except StateError:
@@ -713,8 +740,9 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
                       "tokens_used": int(keep.size), "lens_kl_last_token": "KL(clean final || lens) at the "
                       "last position of each window, through the final norm",
                       "retrieval": "16 random sequences of 32 distinct tokens, repeated; eager attention",
-                      "state_norm": f"mean over the first {batch_size} sample windows of the state after "
+                      "state_norm": f"mean over the first {STATE_WINDOWS} sample windows of the state after "
                                     "their last token",
+                      "retrieval_text": "the first 32 text tokens of up to 16 sample windows, repeated",
                       "layer_note": "layer -1: the embedding output",
                       "seconds": json.dumps({k: round(v, 2) for k, v in seconds.items()})})
     return out
