@@ -1,0 +1,48 @@
+"""``workbench diagnose STORE``: cache activations into a run store and compute diagnostics.
+
+Mounted by ``workbench.cli`` (``app.command("diagnose")(diagnose_cmd)``); kept apart so the
+command's options live beside the code they drive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.diagnose import DIAGNOSTICS, DiagnoseError, diagnose, diagnostics_summary
+
+
+def diagnose_cmd(
+    store: Path = typer.Argument(..., help="a run store made by `workbench run`"),
+    tokens: int = typer.Option(2048, help="token positions to sample (from windows of the store's context)"),
+    corpus: Optional[str] = typer.Option(None, help="corpus of the store to sample (default: its first)"),
+    diagnostics: str = typer.Option(",".join(DIAGNOSTICS), help="comma-separated: " + ", ".join(DIAGNOSTICS)
+                                    + " (empty: cache activations only)"),
+    batch_size: int = typer.Option(8, help="windows per forward"),
+    seed: int = typer.Option(0, help="seed of the sample (windows, positions, probe splits, maps)"),
+    windows: Optional[int] = typer.Option(None, help="windows the positions come from (default: "
+                                          "tokens / (context / 4), at most what the corpus holds)"),
+    max_diag_tokens: int = typer.Option(4096, help="cached tokens the diagnostics read at most"),
+    map_layer: Optional[int] = typer.Option(None, help="layer of the 2-D maps (default: the middle layer)"),
+    map_methods: str = typer.Option("pca,umap", help="pca and/or umap"),
+    probe_layers: str = typer.Option("middle", help="middle | all: layers ablated runs are probed at"),
+    device: Optional[str] = typer.Option(None, help="default: the store's device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a cache of another sample"),
+):
+    """Cache activations of STORE's conditions into it and write representation diagnostics."""
+    if tokens < 8:
+        raise DiagnoseError(f"--tokens {tokens} is invalid: give at least 8")
+    if batch_size < 1:
+        raise DiagnoseError(f"--batch-size {batch_size} is invalid: give at least 1")
+    methods = tuple(m for m in map_methods.split(",") if m)
+    if set(methods) - {"pca", "umap"}:
+        raise DiagnoseError(f"--map-methods {map_methods!r} is invalid; valid: pca, umap")
+    wanted = tuple(d.strip() for d in diagnostics.split(",") if d.strip())
+    diagnose(store, tokens=tokens, corpus=corpus, diagnostics=wanted, batch_size=batch_size, seed=seed,
+             windows=windows, max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=methods,
+             probe_layers=probe_layers, device=device, overwrite=overwrite, progress=True)
+    if wanted:
+        frame = diagnostics_summary(store)
+        typer.echo(frame.to_string(index=False))
