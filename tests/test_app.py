@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import zarr
 
 from workbench import app_data as ad
 from workbench import plans
-from workbench.app.components import component_frame, component_records
+from workbench.app.components import component_frame
 from workbench.architectures import component_map
 from workbench.corpora import load_corpus
 from workbench.loading import load_model

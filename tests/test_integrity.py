@@ -25,7 +25,6 @@ from workbench.loading import load_model
 from workbench.plans import Condition, PlanError, Target
 from workbench.runner import Protocol, resolve_prefix, run_plan
 from workbench.store import open_store
-from workbench.tokenization import byte_tokenizer
 from workbench.validate import ModelCheckError, check_model
 
 from test_store_cli import digest, invoke

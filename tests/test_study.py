@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from math import comb
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from workbench.architectures import MIXER_ROLES, component_map
 from workbench.loading import load_model

@@ -111,6 +111,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="donor seed of resample conditions (default 0; "
                                        "overrides a plan file's donor_seed)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
+    diagnose: bool = typer.Option(False, "--diagnose", help="then cache activations and compute every "
+                                  "diagnostic (as `workbench diagnose STORE` with its defaults)"),
 ):
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
@@ -166,6 +168,11 @@ def run(
         raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())
     err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
+    if diagnose:
+        from workbench.diagnose import diagnose as run_diagnose
+
+        run_diagnose(out_path, progress=True)
+        err.print(f"diagnostics in {out_path} (workbench show {out_path} --diagnostics)", markup=False)
 
 
 EMBEDDED = "mini-qwen3.5,mini-falcon-h1,mini-qwen2.5,smollm2-135m"
@@ -267,7 +274,9 @@ def _fmt(x: float, complete: bool = True) -> str:
 
 @app.command()
 def show(store_path: Path = typer.Argument(..., help="a run store"),
-         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON records")):
+         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON records"),
+         diagnostics: bool = typer.Option(False, "--diagnostics", help="also summarise the representation "
+                                          "diagnostics (from `workbench diagnose`)")):
     """Summarise a run store: perplexity per condition and corpus, ratio to baseline, QC."""
     from workbench.store import StoreError, open_store, verify
     from workbench.summary import summary_frame
@@ -301,12 +310,28 @@ def show(store_path: Path = typer.Argument(..., help="a run store"),
     warnings = frame[frame["qc"].isin(["NOT FIRED", "NO EFFECT", "NON-FINITE"])]
     for rec in warnings.to_dict("records"):
         err.print(f"QC {rec['qc']}: {rec['label']}", markup=False, highlight=False)
+    if diagnostics:
+        from workbench.diagnose import diagnostics_summary, open_diagnostics
+
+        if open_diagnostics(store_path) is None:
+            raise StoreError(f"{store_path} has no diagnostics yet: run `workbench diagnose {store_path}`")
+        out.print("\nrepresentation diagnostics (CKA < 0.9 from: first layer whose CKA to clean drops below "
+                  "0.9; lens > 50% from: first layer whose logit-lens top-1 agrees with the run's output; "
+                  "probes at the middle layer):", markup=False, highlight=False)
+        out.print(diagnostics_summary(store_path).to_string(index=False), markup=False, highlight=False)
 
 
 def _mount_app() -> None:
     from workbench.app_cli import app as app_command
 
     app.command("app", help="Open the app on a runs folder (locally or on a shared machine).")(app_command)
+
+
+def _mount_diagnose() -> None:
+    from workbench.diagnose_cli import diagnose_cmd
+
+    app.command("diagnose", help="Cache activations of a run store's conditions into it and compute "
+                "representation diagnostics (CKA, probes, logit lens, norms, retrieval, state, maps).")(diagnose_cmd)
 
 
 def _mount_optional() -> None:
@@ -324,6 +349,7 @@ def _mount_optional() -> None:
 
 
 _mount_app()
+_mount_diagnose()
 _mount_optional()
 
 

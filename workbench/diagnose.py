@@ -49,8 +49,8 @@ from workbench import store as run_store
 from workbench.architectures import ComponentMap
 from workbench.capture import capture
 from workbench.corpora import Corpus, load_corpus
-from workbench.interventions import Intervener, donor_windows
-from workbench.loading import load_model, weights_hash
+from workbench.interventions import Intervener
+from workbench.loading import config_hash, load_model, weights_hash
 from workbench.plans import BASELINE, Condition, Plan
 from workbench.readout import lens_logits
 from workbench.states import STATE_ROLES, StateError, removed_keys, state_norms
@@ -76,11 +76,6 @@ class DiagnoseError(run_store.StoreError):
 
 
 # -- the store, its model and its inputs -------------------------------------------------------
-
-def config_hash(model: torch.nn.Module) -> str:
-    """The runner's config hash (``workbench.runner.provenance``)."""
-    return hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
-
 
 def check_model(loaded, attrs: dict) -> None:
     """Refuse a model whose config or weights differ from the ones the store was run with."""
@@ -236,19 +231,7 @@ class Inputs:
         self.forwards = ConditionForwards(iv, reference, Protocol(**protocol), plan, set())
 
     def __call__(self, cond: Condition, ids: torch.Tensor, salts) -> dict:
-        if cond.kind == "baseline" or cond.mode not in ("mean", "resample"):
-            return {}
-        if cond.mode == "mean":
-            return {"means": self.forwards.means()}
-        shift = int(self.prefix is not None)
-        seed = cond.donor_seed or 0
-        donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1] - shift, 1, seed,
-                                          avoid=[int(s)] if self.avoid else None, salt=int(s)) for s in salts])
-        if shift:
-            donors = torch.cat([ids[:, :1].cpu(), donors], dim=1)
-        keys = [("diagnose", ids.shape[1], int(s), seed) for s in salts]
-        rows = self.forwards.donors.outputs(keys, donors)
-        return {"donor": {c.key: torch.stack([r[c.key] for r in rows]) for c in self.iv.components(cond)}}
+        return self.forwards.inputs_for(cond, ids, [int(s) for s in salts], "diagnose", self.avoid)
 
 
 # -- the activations group ---------------------------------------------------------------------

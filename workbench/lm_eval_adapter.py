@@ -141,7 +141,6 @@ class WorkbenchLM(TemplateLM):
             raise ValueError(f"unknown WorkbenchLM argument(s) {sorted(unknown)}; valid: model, condition, plan, "
                              "condition_id, reference, reference_context, donor_seed, batch_size, max_length, "
                              "max_gen_toks, device, dtype, prefix, tokenizer")
-        from workbench.architectures import component_map
         from workbench.loading import LoadedModel, load_model
 
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):

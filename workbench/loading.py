@@ -124,6 +124,11 @@ def _load_dir(path: Path, device, dtype, *, gguf_file: str | None = None):
     return _finish(model, device), tokenizer
 
 
+def config_hash(model: torch.nn.Module) -> str:
+    """sha256 of the model's full configuration (every field, defaults included)."""
+    return hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
+
+
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (names and bytes), to tell changed weights apart."""
     h = hashlib.sha256()

@@ -28,7 +28,7 @@ from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_window
 from workbench.architectures import component_map
 from workbench.app.components import component_records
 from workbench.interventions import Intervener, check_reference, donor_windows
-from workbench.loading import LoadedModel, tokenizer_hash, weights_hash
+from workbench.loading import LoadedModel, config_hash, tokenizer_hash, weights_hash
 from workbench.paths import REPO_ROOT
 from workbench.plans import Condition, Plan
 from workbench.validate import check_model, require_ok
@@ -140,11 +140,10 @@ def component_layers(model) -> list[int]:
 
 def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protocol, corpora: list[Corpus],
                donor_seed: int | None, model_check: dict | None = None, tasks: dict | None = None) -> dict:
-    config = loaded.model.config.to_json_string(use_diff=False)
     versions = _versions()
     key = {
         "model": loaded.spec, "dtype": dtype, "device_type": torch.device(device).type,
-        "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
+        "config_hash": config_hash(loaded.model),
         "weights_hash": weights_hash(loaded.model), "model_revision": loaded.revision or "",
         "tokenizer_hash": tokenizer_hash(loaded.tokenizer), "protocol": protocol.checked(),
         "reference": {"source": protocol.reference, "sha256": protocol.reference_sha256,
@@ -234,6 +233,28 @@ class ConditionForwards:
         self.fired_ok &= out.fired == [c.key for c in self.iv.components(condition)]
         return out.logits
 
+    def inputs_for(self, condition: Condition, ids: torch.Tensor, salts: list[int], key: str, avoid: bool,
+                   ends: list[int] | None = None) -> dict:
+        """The ``means`` or ``donor`` argument of ``Intervener.run`` for a batch under ``condition``.
+
+        Resample donors: one window of the reference per row, drawn from the donor seed salted by
+        the row's ``salts`` (its start in the scored text: when ``avoid``, the donor never overlaps
+        it); a prefix token stays in place. Donor outputs are shared through the cache, keyed by
+        ``key`` (e.g. the corpus) with the salt, end and seed."""
+        if condition.kind == "baseline" or condition.mode not in ("mean", "resample"):
+            return {}
+        if condition.mode == "mean":
+            return {"means": self.means()}
+        seed = condition.donor_seed or 0
+        shift = int(self.protocol.prefix_id is not None)
+        donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1] - shift, 1, seed,
+                                          avoid=[s] if avoid else None, salt=s) for s in salts])
+        if shift:
+            donors = torch.cat([ids[:, :1].cpu(), donors], dim=1)
+        ends = ends or [ids.shape[1]] * len(salts)
+        rows = self.donors.outputs([(key, s, e, seed) for s, e in zip(salts, ends)], donors)
+        return {"donor": {c.key: torch.stack([r[c.key] for r in rows]) for c in self.iv.components(condition)}}
+
     def task_forward(self, condition: Condition):
         """forward(ids, requests) -> logits of a multiple-choice batch under ``condition``.
 
@@ -262,21 +283,11 @@ class ConditionForwards:
             return lambda ids, windows, keep: self._run(ids, condition, keep, means=means)
         if condition.mode == "resample":
             avoid = corpus.name in self.reference_is_scored
-            seed = condition.donor_seed or 0
-            prefix = self.protocol.prefix_id
 
             def forward(ids, windows: list[Window], keep):
-                # the donor covers the window's text tokens; a prefix token stays in place
-                shift = int(prefix is not None)
-                donors = torch.cat([
-                    donor_windows(self.reference.ids, ids.shape[1] - shift, 1, seed,
-                                  avoid=[w.begin] if avoid else None, salt=w.begin) for w in windows])
-                if shift:
-                    donors = torch.cat([ids[:, :1].cpu(), donors], dim=1)
-                keys = [(corpus.name, w.begin, w.end, seed) for w in windows]
-                rows = self.donors.outputs(keys, donors)
-                donor = {c.key: torch.stack([r[c.key] for r in rows]) for c in self.iv.components(condition)}
-                return self._run(ids, condition, keep, donor=donor)
+                kw = self.inputs_for(condition, ids, [w.begin for w in windows], corpus.name, avoid,
+                                     ends=[w.end for w in windows])
+                return self._run(ids, condition, keep, **kw)
             return forward
         return lambda ids, windows, keep: self._run(ids, condition, keep)
 
@@ -368,7 +379,6 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     forwards = ConditionForwards(iv, reference, protocol, plan, reference_is_scored)
     total_tokens = sum(int(sum(m["window_tokens"])) for m in meta)
     baseline_nll = None
-    n_scored_bytes = np.array([m["n_bytes"] for m in meta])
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress,

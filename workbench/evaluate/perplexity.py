@@ -17,7 +17,6 @@ those tokens cover (``workbench.corpora.Corpus.scored_bytes``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
