@@ -20,14 +20,15 @@ $(STAMP): pyproject.toml Makefile
 
 MINI_MODELS := mini-qwen3.5 mini-falcon-h1 mini-qwen2.5
 
-# The study preset on each embedded model (sequential hybrid, parallel hybrid, Transformer);
-# resumable: rerunning skips the conditions already in the stores.
+# The study preset on each embedded model (sequential hybrid, parallel hybrid, Transformer),
+# with activations and representation diagnostics; resumable: rerunning skips what is done.
 demo: setup
 	@for m in $(MINI_MODELS); do \
 		$(BIN)/workbench run --model $$m --preset study --corpus encyclopedic --corpus books \
-			--max-tokens 8192 --out runs/demo-$$m.zarr && \
-		$(BIN)/workbench show runs/demo-$$m.zarr || exit 1; \
+			--max-tokens 4096 --out runs/demo-$$m.zarr --diagnose && \
+		$(BIN)/workbench show runs/demo-$$m.zarr --diagnostics || exit 1; \
 	done
+	@echo "open the app on these stores: $(BIN)/workbench app --runs runs"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -288,7 +288,7 @@ def _logit_stats(logits: torch.Tensor, targets: np.ndarray, chunk: int = 512) ->
     top1 = np.empty(n, dtype=np.int32)
     t = torch.as_tensor(targets)
     for a in range(0, n, chunk):
-        x = logits[a:a + chunk].double()
+        x = logits[a:a + chunk].float().cpu().double()  # float64 on the CPU (not every device has it)
         tt = t[a:a + chunk]
         ok = tt >= 0
         picked = x[torch.arange(x.shape[0]), tt.clamp(min=0)]

@@ -312,7 +312,7 @@ class WorkbenchLM(TemplateLM):
                 cont, n = requests[i][2], len(rows[i])
                 logp = F.log_softmax(logits[b, n - len(cont):n].float(), dim=-1)
                 target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-                ll = logp.gather(-1, target[:, None]).double().sum().item()
+                ll = logp.gather(-1, target[:, None]).cpu().double().sum().item()
                 greedy = bool((logp.argmax(-1) == target).all())
                 out[i] = (ll, greedy)
                 if requests[i][0] is not None:

@@ -87,7 +87,7 @@ def state_norms(model: torch.nn.Module, ids: torch.Tensor, cmap: ComponentMap | 
     rows = []
     for c in comps:
         state = _recurrent_state(cache, c.layer, c.key, cmap.model_type)
-        norms = state.detach().double().flatten(1).norm(dim=1).cpu().numpy()
+        norms = state.detach().float().cpu().double().flatten(1).norm(dim=1).numpy()
         rows.append(np.full_like(norms, np.nan) if c.key in removed else norms)
     return xr.DataArray(
         np.stack(rows), dims=("component", "row"),

@@ -100,7 +100,7 @@ def score_requests(forward: Forward, requests: list[Request], batch_size: int = 
             n = len(ids)
             logp = F.log_softmax(logits[row, n - len(cont):n].float(), dim=-1)
             target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-            out[i] = logp.gather(-1, target[:, None]).double().sum().item()
+            out[i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
         if progress:
             progress(len(idx))
     return out
