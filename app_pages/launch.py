@@ -100,10 +100,11 @@ def job_table(all_jobs: list[jobs.Job]) -> pd.DataFrame:
 
 
 st.title("Launch")
-folder = Path(ad.default_runs_dir()).expanduser().resolve()
+sel = ad.selection()
+# the folder the app was started on (--runs), never the one typed in the sidebar
+folder = Path(st.session_state.get("_runs_default") or ad.default_runs_dir()).expanduser().resolve()
 st.caption(f"Jobs run one at a time per device, in a queue in `{folder}/.jobs/` that everyone using this folder "
            "shares. They run apart from the app: closing the tab or restarting the app does not stop them.")
-sel = ad.selection()
 if sel.folder.expanduser().resolve() != folder:
     st.info(f"Jobs are launched into the app's runs folder `{folder}`, not the folder typed in the sidebar.")
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "report"]
+PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "representations",
+         "embedding_map", "report", "launch"]
 
 
 def main() -> None:

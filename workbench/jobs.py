@@ -145,7 +145,7 @@ def output_of(argv: list[str], runs) -> Path:
     return (path if path.is_absolute() else Path(runs).expanduser().resolve() / path).resolve()
 
 
-def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, program=PROGRAM) -> Job:
+def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, program=None) -> Job:
     """Queue ``workbench ARGV`` in the runs folder; start the device's runner unless one runs.
 
     Refused: a command other than run/study/diagnose, and an output that a queued or running
@@ -163,7 +163,7 @@ def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, progra
                 raise JobError(f"{out} overlaps the output {other.out} of job {other.id} ({other.state})")
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         job = Job(id=job_id, argv=argv, out=str(out), device=device, owner=owner, created=time.time(),
-                  log=str(folder / f"{job_id}.log"), program=list(program))
+                  log=str(folder / f"{job_id}.log"), program=list(program or PROGRAM))
         _write(runs, job)
     if start:
         ensure_runner(runs, device)
