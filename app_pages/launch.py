@@ -4,6 +4,7 @@ queue (workbench/jobs.py), and follow every job of the machine: state, store pro
 from __future__ import annotations
 
 import hmac
+import re
 import os
 import shlex
 import time
@@ -45,7 +46,7 @@ def command_form(folder: Path) -> list[str] | None:
             model = c1.selectbox("Model", MODELS, accept_new_options=True, key="launch_model",
                                  help="an embedded mini model, a local folder, or random:<model_type>")
             preset = c2.selectbox("Preset", PRESETS, key="launch_preset")
-            out = c1.text_input("Store (in the runs folder)", value=f"{model.replace('/', '_')}-{preset}.zarr",
+            out = c1.text_input("Store (in the runs folder)", value=f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-{preset}.zarr",
                                 key=f"launch_out:{model}:{preset}")
             argv = ["run", "--model", model, "--preset", preset]
         else:
@@ -128,7 +129,7 @@ if allowed():
                               value=st.session_state.get("launch_owner_default", ""))
         argv = command_form(folder)
         if argv:
-            st.code("workbench " + shlex.join(argv), language="bash")
+            st.code("workbench " + shlex.join(argv), language="bash", wrap_lines=True)
         if st.button("Launch", type="primary", disabled=not argv, key="launch_button"):
             try:
                 job = jobs.submit(folder, argv, owner=owner)
@@ -150,8 +151,9 @@ def queue() -> None:
     st.dataframe(table, hide_index=True, key="jobs_table", column_config={
         "command": st.column_config.TextColumn(width="large"), "note": st.column_config.TextColumn(width="medium")})
     active = [j for j in all_jobs if j.state in jobs.ACTIVE]
-    for j in [j for j in all_jobs if j.state == "running"] + [j for j in all_jobs if j.state != "running"][-1:]:
-        with st.expander(f"{j.id} · {j.state} · {j.owner or 'no owner'}", expanded=j.state == "running"):
+    running = [j for j in all_jobs if j.state == "running"]
+    for j in running + [j for j in all_jobs if j.state != "running"][-1:]:
+        with st.expander(f"{j.id} · {j.state} · {j.owner or 'no owner'}", expanded=j.state == "running" or not running):
             prog = jobs.progress(j)
             if prog:
                 st.progress(prog[0] / max(prog[1], 1), text=f"{prog[0]}/{prog[1]} conditions complete in {j.out}")

@@ -170,7 +170,7 @@ def test_job_outlives_the_process_that_submitted_it(runs):
 def test_cancelling_a_real_run_exits_130_and_the_store_resumes(tmp_path):
     runs = tmp_path / "runs"
     corpus = tmp_path / "long.txt"
-    corpus.write_text("It was the best of times, it was the worst of times. " * 120)
+    corpus.write_text("It was the best of times, it was the worst of times. " * 60)
     argv = ["run", "--model", "random:qwen2", "--preset", "sweep", "--corpus", str(corpus), "--context", "32",
             "--stride", "16", "--batch-size", "1", "--out", "r.zarr"]
     job = jobs.submit(runs, argv, owner="test")
