@@ -70,7 +70,9 @@ chart = alt.Chart(frame).mark_circle(size=22, opacity=0.7).encode(
     y=alt.Y("y:Q", title=f"{method.upper()} 2", axis=alt.Axis(labels=False, ticks=False)),
     color=colour, tooltip=tip)
 if split:
-    chart = chart.properties(width=420, height=360).facet(facet=alt.Facet("label:N", title=None), columns=2)
+    order = [dg.labels_of(diag)[c] for c in chosen]
+    chart = chart.properties(width=420, height=360).facet(facet=alt.Facet("label:N", title=None, sort=order),
+                                                          columns=2)
 else:
     chart = chart.properties(height=560).interactive()
 st.caption(f"{len(frame)} points: the residual stream at layer {diag.attrs.get('map_layer', '?')} of "

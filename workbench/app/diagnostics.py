@@ -309,7 +309,7 @@ def map_frame(path: str | Path, diag: xr.Dataset, method: str, conditions) -> pd
     texts = dict(zip(tokens["token_id"], tokens["token_text"]))
     nxt = out["target_id"].map(lambda t: texts.get(t, f"id {t}") if t >= 0 else "(end)")
     frequent = nxt.value_counts().index[:10]
-    out["next token"] = [_show(n) if n in set(frequent) else "other" for n in nxt]
+    out["next token"] = [_show(n).replace(" ", "␣") if n in set(frequent) else "other" for n in nxt]
     out["word class"] = _word_class(out["token_text"])
     out["pos"] = out["position"]
     out["position"] = position_bucket(out["position"])
