@@ -33,11 +33,13 @@ stamps = {p: dg.group_stamp(p, dg.DIAGNOSTICS) for p in picked}
 mapped = [p for p in picked if stamps[p] and "map_xy" in diagnostics(p, stamps[p])]
 if not mapped:
     first = picked[0]
+    ad.warn_store(sel, first)
     st.info(f"No shared map in **{sel.name(first)}**{' or the other picked stores' if len(picked) > 1 else ''}. "
             f"`{dg.DIAGNOSE_HINT.format(path=first)}` writes one (`map_xy`: PCA and UMAP fitted on all conditions' "
             "points at the middle layer, `--map-methods pca,umap`).")
     st.stop()
 path = mapped[0] if len(mapped) == 1 else st.selectbox("Store", mapped, format_func=sel.name)
+ad.warn_store(sel, path)
 diag = diagnostics(path, stamps[path])
 options = dg.condition_choices(diag)
 labels = list(options)

@@ -62,6 +62,7 @@ stamps = {p: dg.group_stamp(p, dg.DIAGNOSTICS) for p in picked}
 diagnosed = [p for p in picked if stamps[p]]
 if not diagnosed:
     first = picked[0]
+    ad.warn_store(sel, first)
     st.info(f"**{sel.name(first)}** has no representation diagnostics yet. They are written into the store by "
             f"`{dg.DIAGNOSE_HINT.format(path=first)}` (or `workbench run ... --diagnose`): activations of every "
             "condition on a token sample, then CKA, probes, logit lens, norms, retrieval and maps. "
@@ -71,6 +72,7 @@ path = diagnosed[0] if len(diagnosed) == 1 else st.selectbox("Store", diagnosed,
 skipped = [sel.name(p) for p in picked if p not in diagnosed]
 if skipped:
     st.caption(f"Without diagnostics (run `workbench diagnose STORE`): {', '.join(skipped)}.")
+ad.warn_store(sel, path)
 diag = diagnostics(path, stamps[path])
 options = dg.condition_choices(diag)
 labels = list(options)
