@@ -167,7 +167,7 @@ def test_job_outlives_the_process_that_submitted_it(runs):
 
 
 @pytest.mark.slow
-def test_cancelling_a_real_run_exits_130_and_the_store_resumes(tmp_path):
+def test_cancelling_a_real_run_exits_130_and_leaves_a_partial_store(tmp_path):
     runs = tmp_path / "runs"
     corpus = tmp_path / "long.txt"
     corpus.write_text("It was the best of times, it was the worst of times. " * 60)
@@ -184,9 +184,6 @@ def test_cancelling_a_real_run_exits_130_and_the_store_resumes(tmp_path):
     jobs.cancel(runs, job.id)
     done = _wait(runs, job.id, timeout=60)
     assert (done.state, done.returncode) == ("cancelled", 130), jobs.log_tail(done)
-    before = jobs.progress(done)
-    assert before[0] < before[1]
-    again = jobs.submit(runs, argv)
-    assert _wait(runs, again.id, timeout=120).state == "done", jobs.log_tail(jobs.read_job(runs, again.id))
-    after = jobs.progress(jobs.read_job(runs, again.id))
-    assert after[0] == after[1] == before[1]
+    done_n, total = jobs.progress(done)
+    assert 1 <= done_n < total  # partial: the same command resumes it (the runner's resume is tested there)
+    assert "[exit status 130]" in jobs.log_tail(done)
