@@ -11,6 +11,8 @@ never imports torch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from workbench import app_data as ad
@@ -21,13 +23,27 @@ PAGES = [("app_pages/runs.py", "Runs", ":material/folder_open:"),
          ("app_pages/layer_sweep.py", "Layer sweep", ":material/grid_on:"),
          ("app_pages/random_controls.py", "Random controls", ":material/scatter_plot:"),
          ("app_pages/compare.py", "Compare", ":material/compare_arrows:"),
-         ("app_pages/report.py", "Report", ":material/article:")]
+         ("app_pages/representations.py", "Representations", ":material/stacked_line_chart:"),
+         ("app_pages/embedding_map.py", "Embedding map", ":material/bubble_chart:"),
+         ("app_pages/report.py", "Report", ":material/article:"),
+         ("app_pages/launch.py", "Launch", ":material/rocket_launch:")]
+
+
+
+@st.cache_resource
+def restart_runners(folder: str) -> list[int]:
+    """Once per app process and runs folder: a job runner that died with jobs queued is restarted."""
+    from workbench import jobs
+
+    return jobs.ensure_runners(folder) if Path(folder).is_dir() else []
+
 
 st.set_page_config(page_title="Ablation workbench", layout="wide", initial_sidebar_state="expanded")
 page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
                       for i, (path, title, icon) in enumerate(PAGES)])
 # Drawn here, on every run, so the folder and stores chosen survive page changes.
 ad.sidebar()
+restart_runners(str(Path(ad.default_runs_dir()).expanduser().resolve()))
 st.session_state[ad.IN_NAVIGATION] = True
 try:
     page.run()

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "report"]
+# the views of the Representations page (a radio; each is timed too)
+VIEWS = ["CKA to clean", "CKA between layers", "Probes", "Logit lens", "Norm drift", "Retrieval and induction"]
+PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "representations",
+         "embedding_map", "report", "launch"]
 
 
 def main() -> None:
@@ -64,6 +67,16 @@ def main() -> None:
         problems = len(at.exception) + len(at.error)
         charts = len(at.get("vega_lite_chart"))
         print(f"{page:<18}{cold:>8.2f}{statistics.median(warm):>8.2f}  {charts:>6}  {problems:>6}")
+        if page == "representations" and not problems and any(r.key == "repr_view" for r in at.radio):
+            for view in VIEWS[1:]:
+                start = time.perf_counter()
+                at.radio(key="repr_view").set_value(view).run()
+                cold = time.perf_counter() - start
+                start = time.perf_counter()
+                at.run()
+                print(f"  {view:<24}{cold:>8.2f}{time.perf_counter() - start:>8.2f}  "
+                      f"{len(at.get('vega_lite_chart')):>6}  {len(at.exception) + len(at.error):>6}")
+            at.radio(key="repr_view").set_value(VIEWS[0]).run()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ PAGES = [("Runs", "runs", "stDataFrame", ("multiselect", "Stores", "qwen3_5")),
          ("Layer sweep", "layer_sweep", "stVegaLiteChart", ("selectbox", "Condition details", "ssm off, layer 2")),
          ("Random controls", "random_controls", "stVegaLiteChart", ("multiselect", "Stores", "study")),
          ("Compare", "compare", "stVegaLiteChart", ("radio", "Line up roles by", "function")),
+         ("Representations", "representations", "stVegaLiteChart", ("radio", "View", "CKA between layers")),
+         ("Embedding map", "embedding_map", "stVegaLiteChart", ("selectbox", "Colour by", "next token")),
          ("Report", "report", "stImage", ("selectbox", "Report", "study2"))]
+TOKEN = "let-me-launch"
 
 
 def _free_port() -> int:
@@ -48,8 +51,12 @@ def served(tmp_path_factory):
 
     from test_app import make_runs
 
+    from workbench.diagnose import diagnose
+
     runs = make_runs(tmp_path_factory.mktemp("browser_runs"))
     shutil.rmtree(runs / "control")  # the first store picked by default is then a hybrid (Falcon-H1)
+    diagnose(runs / "hybrids" / "falcon_h1.zarr", tokens=64, progress=False, map_methods=("pca",),
+             diagnostics=("cka", "lens", "norms", "retrieval", "state", "maps"))
     for name, colour in (("study1", "#4e79a7"), ("study2", "#e15759")):
         (runs / name).mkdir()
         Image.new("RGB", (480, 200), colour).save(runs / name / "ratios.png")
@@ -61,7 +68,7 @@ def served(tmp_path_factory):
            "--", "--runs", str(runs)]
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "WORKBENCH_LAUNCH_TOKEN": TOKEN})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -72,7 +79,7 @@ def served(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
-        yield url
+        yield url, runs
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -116,6 +123,7 @@ def _screenshot(page, path: Path) -> None:
 def test_every_page_in_a_browser(served):
     from playwright.sync_api import sync_playwright
 
+    served, _ = served
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -147,3 +155,70 @@ def test_every_page_in_a_browser(served):
         assert page.get_by_role("combobox", name="Condition details").count() == 1
         browser.close()
     assert not errors, errors
+
+
+def _text(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True).first
+    box.fill(value)
+    box.press("Enter")
+    _settled(page)
+
+
+def test_launch_a_job_while_another_visitor_browses(served, tmp_path):
+    """Two visitors of one app: one launches a tiny run from the Launch page, the other browses and
+    sees the same queue (read-only without the token); the job finishes and its store is listed."""
+    from playwright.sync_api import sync_playwright
+
+    url, runs = served
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("It was the best of times, it was the worst of times. " * 20)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        ana = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+        ben = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+        errors = []
+        for page in (ana, ben):
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+        ana.goto(f"{url}/launch")
+        _settled(ana)
+        _text(ana, "Launch token", "wrong")
+        assert "not the launch token" in " ".join(ana.locator('[data-testid="stAlert"]').all_inner_texts())
+        _text(ana, "Launch token", TOKEN)
+        ana.get_by_role("button", name="Launch", exact=True).wait_for(timeout=30_000)
+        _text(ana, "Your name (shown in the queue)", "ana")
+        ana.get_by_role("combobox", name="Model").first.click()
+        ana.keyboard.type("random:qwen2")
+        ana.keyboard.press("Enter")
+        _settled(ana)
+        _switch(ana, "selectbox", "Preset", "smoke")
+        _settled(ana)
+        _text(ana, "Corpora (names or files, comma-separated)", str(corpus))
+        _text(ana, "Max tokens per corpus (0: all)", "0")
+        _text(ana, "More options", "--context 32 --stride 16")
+        command = ana.locator('[data-testid="stCode"]').first.inner_text()
+        assert "--model random:qwen2 --preset smoke" in command and "random_qwen2-smoke.zarr" in command, command
+        # ben browses while ana launches
+        ben.goto(url)
+        _settled(ben)
+        ben.locator('[data-testid="stSidebarNav"] a').filter(has_text="Representations").first.click()
+        _settled(ben)
+        ana.get_by_role("button", name="Launch", exact=True).click()
+        _settled(ana)
+        assert "Queued job" in " ".join(ana.locator('[data-testid="stAlert"]').all_inner_texts())
+        _switch(ben, "radio", "View", "Norm drift")
+        _settled(ben)
+        assert ben.locator('[data-testid="stException"]').count() == 0
+        ben.locator('[data-testid="stSidebarNav"] a').filter(has_text="Launch").first.click()
+        _settled(ben)
+        assert "Launching is off" not in ben.inner_text("body")  # a token is set: ben is asked for it
+        assert ben.get_by_label("Launch token").count() >= 1
+        assert ben.get_by_role("button", name="Launch", exact=True).count() == 0  # not until ben gives it
+        ben.get_by_text("· ana", exact=False).first.wait_for(timeout=30_000)  # ana's job, in ben's queue
+        ana.get_by_text("· done · ana").first.wait_for(timeout=120_000)
+        _settled(ana)
+        _screenshot(ana, SHOTS / "launch.png")
+        ben.get_by_text("· done · ana").first.wait_for(timeout=30_000)
+        assert ana.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+    assert not errors, errors
+    assert (runs / "random_qwen2-smoke.zarr" / "complete").is_dir()

@@ -27,8 +27,11 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
         host: str = typer.Option("127.0.0.1", "--host",
                                  help="Address to listen on; 0.0.0.0 serves every network interface."),
         port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
-        open_browser: bool = typer.Option(False, "--open/--no-open", help="Open a browser tab.")) -> None:
-    """Open the app on a folder of run stores (reads stores only; never runs a model)."""
+        open_browser: bool = typer.Option(False, "--open/--no-open", help="Open a browser tab."),
+        launch_token: str = typer.Option("", "--launch-token", envvar="WORKBENCH_LAUNCH_TOKEN", show_default=False,
+                                         help="Let visitors who give this token launch jobs from the Launch page "
+                                              "(without it the app is read-only).")) -> None:
+    """Open the app on a folder of run stores (reads stores; jobs launched from it run apart)."""
     if not APP.is_file():
         raise typer.BadParameter(f"the app script {APP} is missing (a source checkout is needed)")
     folder = Path(runs).expanduser()
@@ -36,4 +39,13 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
         raise typer.BadParameter(f"--runs {runs} is a file; give the folder that holds the *.zarr stores")
     typer.echo(f"Workbench app on http://{host}:{port}  (runs folder: {folder.resolve()})")
     cmd = streamlit_command(str(folder.resolve()), host, port, headless=not open_browser)
+    if launch_token:
+        os.environ["WORKBENCH_LAUNCH_TOKEN"] = launch_token  # the environment, not argv: `ps` shows argv
+        typer.echo("Launching jobs is on for visitors who give the launch token.")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo("Read-only: pass --launch-token TOKEN to let visitors launch jobs.")
+    if folder.is_dir():
+        from workbench.jobs import ensure_runners
+
+        ensure_runners(folder)  # jobs queued before a restart (their runner died) go on
     os.execv(cmd[0], cmd)  # Streamlit owns the process from here (signals, Ctrl-C)

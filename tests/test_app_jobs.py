@@ -1,0 +1,189 @@
+"""The job queue on disk: order, one job at a time, refusals, cancel, runner restart, detachment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench import jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+# A stand-in for the workbench CLI: records when it starts and ends, exits 130 on SIGINT.
+FAKE = '''
+import json, sys, time
+args = sys.argv[1:]
+out = args[args.index("--out") + 1]
+secs = float(args[args.index("--sleep") + 1]) if "--sleep" in args else 0.2
+trace = args[args.index("--trace") + 1]
+def mark(what):
+    with open(trace, "a") as fh:
+        fh.write(json.dumps({"out": out, "what": what, "t": time.time()}) + "\\n")
+mark("start")
+print("working on", out, flush=True)
+try:
+    time.sleep(secs)
+except KeyboardInterrupt:
+    mark("interrupted")
+    sys.exit(130)
+mark("end")
+sys.exit(3 if "--fail" in args else 0)
+'''
+
+
+@pytest.fixture
+def runs(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (tmp_path / "fake.py").write_text(FAKE)
+    return folder
+
+
+def _submit(runs, out, *extra, start=True, owner="ana"):
+    trace = runs.parent / "trace.jsonl"
+    return jobs.submit(runs, ["run", "--out", out, "--trace", str(trace), *extra], owner=owner, start=start,
+                       program=[str(runs.parent / "fake.py")])
+
+
+def _trace(runs) -> list[dict]:
+    path = runs.parent / "trace.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(runs, job_id, states=("done", "failed", "cancelled"), timeout=30.0) -> jobs.Job:
+    end = time.time() + timeout
+    while time.time() < end:
+        job = jobs.read_job(runs, job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {jobs.read_job(runs, job_id).state} after {timeout} s")
+
+
+def _wait_runner_gone(runs, device="cpu", timeout=20.0):
+    end = time.time() + timeout
+    while jobs.runner_alive(runs, device) and time.time() < end:
+        time.sleep(0.1)
+    assert not jobs.runner_alive(runs, device)
+
+
+def test_queue_runs_in_order_one_at_a_time(runs):
+    ids = [_submit(runs, f"s{i}.zarr", "--sleep", "0.4", start=False).id for i in range(3)]
+    assert [j.state for j in jobs.list_jobs(runs)] == ["queued"] * 3
+    pid = jobs.ensure_runner(runs, "cpu")
+    assert pid and jobs.ensure_runner(runs, "cpu") is None  # one runner per device
+    for i in ids:
+        assert _wait(runs, i).state == "done"
+    trace = _trace(runs)
+    starts = [t for t in trace if t["what"] == "start"]
+    assert [Path(t["out"]).name for t in starts] == ["s0.zarr", "s1.zarr", "s2.zarr"]
+    ends = {t["out"]: t["t"] for t in trace if t["what"] == "end"}
+    for a, b in zip(starts, starts[1:]):
+        assert ends[a["out"]] <= b["t"], "two jobs overlapped"
+    job = jobs.read_job(runs, ids[0])
+    assert job.returncode == 0 and job.owner == "ana" and job.out == str((runs / "s0.zarr").resolve())
+    assert "working on" in jobs.log_tail(job) and "[exit status 0]" in jobs.log_tail(job)
+    _wait_runner_gone(runs)  # the runner leaves when the queue is empty
+
+
+def test_duplicate_output_is_refused_until_the_first_job_ends(runs):
+    first = _submit(runs, "same.zarr", "--sleep", "0.5")
+    with pytest.raises(jobs.JobError, match="already the output of job"):
+        _submit(runs, str(runs / "same.zarr"), owner="ben")  # the same store, spelled absolutely
+    with pytest.raises(jobs.JobError, match="overlaps"):
+        jobs.submit(runs, ["study", "--out", str(runs)], program=[str(runs.parent / "fake.py")], start=False)
+    with pytest.raises(jobs.JobError, match="one of: run, study, diagnose"):
+        jobs.submit(runs, ["train", "--out", "x"], start=False)
+    with pytest.raises(jobs.JobError, match="needs --out"):
+        jobs.submit(runs, ["run", "--model", "m"], start=False)
+    with pytest.raises(jobs.JobError, match="needs the STORE"):
+        jobs.submit(runs, ["diagnose", "--tokens", "64"], start=False)
+    assert jobs.output_of(["diagnose", "--tokens", "64", "a.zarr"], runs) == (runs / "a.zarr").resolve()
+    _wait(runs, first.id)
+    again = _submit(runs, "same.zarr")
+    assert _wait(runs, again.id).state == "done"
+
+
+def test_failed_job_is_failed(runs):
+    job = _submit(runs, "bad.zarr", "--fail")
+    done = _wait(runs, job.id)
+    assert done.state == "failed" and done.returncode == 3
+
+
+def test_cancel_running_gives_130_and_queued_never_starts(runs):
+    running = _submit(runs, "long.zarr", "--sleep", "30")
+    queued = _submit(runs, "next.zarr")
+    _wait(runs, running.id, states=("running",))
+    end = time.time() + 20
+    while not any(t["what"] == "start" for t in _trace(runs)) and time.time() < end:
+        time.sleep(0.1)
+    assert jobs.cancel(runs, queued.id).state == "cancelled"
+    jobs.cancel(runs, running.id)
+    job = _wait(runs, running.id)
+    assert (job.state, job.returncode) == ("cancelled", 130)
+    assert [t["what"] for t in _trace(runs)] == ["start", "interrupted"]  # next.zarr never ran
+    with pytest.raises(jobs.JobError, match="only queued or running"):
+        jobs.cancel(runs, running.id)
+
+
+def test_dead_runner_is_restarted_and_picks_up_queued_jobs(runs):
+    first = _submit(runs, "a.zarr", "--sleep", "1.5")
+    second = _submit(runs, "b.zarr")
+    _wait(runs, first.id, states=("running",))
+    lock = jobs._runner_lock(runs, "cpu")
+    assert jobs.runner_alive(runs, "cpu")
+    # kill the runner we started (its pid is the holder of the lock: find it by the job's parent)
+    wrapper = jobs.read_job(runs, first.id).pid
+    end = time.time() + 10
+    while not wrapper and time.time() < end:
+        time.sleep(0.05)
+        wrapper = jobs.read_job(runs, first.id).pid
+    parent = int(Path(f"/proc/{wrapper}/stat").read_text().split(")")[-1].split()[1])
+    os.kill(parent, signal.SIGKILL)
+    _wait_runner_gone(runs)
+    assert lock.exists()
+    # the running job lives on in its own session and records its own end
+    assert _wait(runs, first.id).state == "done"
+    assert jobs.read_job(runs, second.id).state == "queued"
+    assert jobs.ensure_runners(runs)  # what the app does on start
+    assert _wait(runs, second.id).state == "done"
+
+
+def test_job_outlives_the_process_that_submitted_it(runs):
+    code = (f"from workbench import jobs; j = jobs.submit({str(runs)!r}, ['run', '--out', 'x.zarr', '--sleep', '1', "
+            f"'--trace', {str(runs.parent / 'trace.jsonl')!r}], program=[{str(runs.parent / 'fake.py')!r}]); "
+            "print(j.id)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    job_id = out.stdout.strip()
+    assert _wait(runs, job_id).state == "done"  # the submitter exited long before
+    assert jobs.progress(jobs.read_job(runs, job_id)) is None  # the stand-in writes no store
+
+
+@pytest.mark.slow
+def test_cancelling_a_real_run_exits_130_and_leaves_a_partial_store(tmp_path):
+    runs = tmp_path / "runs"
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("It was the best of times, it was the worst of times. " * 60)
+    argv = ["run", "--model", "random:qwen2", "--preset", "sweep", "--corpus", str(corpus), "--context", "32",
+            "--stride", "16", "--batch-size", "1", "--out", "r.zarr"]
+    job = jobs.submit(runs, argv, owner="test")
+    end = time.time() + 180
+    while time.time() < end:
+        got = jobs.progress(jobs.read_job(runs, job.id))
+        if got and got[0] >= 1:
+            break
+        time.sleep(0.2)
+    assert got and got[0] >= 1, jobs.log_tail(jobs.read_job(runs, job.id))
+    jobs.cancel(runs, job.id)
+    done = _wait(runs, job.id, timeout=60)
+    assert (done.state, done.returncode) == ("cancelled", 130), jobs.log_tail(done)
+    done_n, total = jobs.progress(done)
+    assert 1 <= done_n < total  # partial: the same command resumes it (the runner's resume is tested there)
+    assert "[exit status 130]" in jobs.log_tail(done)

@@ -1,0 +1,420 @@
+"""Background jobs: `workbench run`, `study` and `diagnose` launched from the app, queued on disk.
+
+The queue is a folder of JSON files, ``RUNS/.jobs/<id>.json``, one per job: the command line,
+owner, state (queued, running, done, failed, cancelled), pid, log path and timestamps. Everyone
+using one runs folder sees one queue. One runner process per runs folder and device takes the
+queue in order, one job at a time: it is started (in a session of its own, so it outlives the
+browser tab and the app) by the first launch or by the app, and exits when the queue is empty.
+
+Each job runs as ``python -m workbench.jobs exec RUNS ID``: a small wrapper that starts
+``python -m workbench.cli ...`` in the job's own process group with output to its log file and
+records the exit status in the job file, whoever is watching. Cancelling a running job sends
+SIGINT to that process group: the workbench exits 130 and its store stays resumable.
+
+Two jobs never write the same store: a job whose output is already the output of a queued or
+running job is refused.
+
+    python -m workbench.jobs runner RUNS [--device cpu]   (what ensure_runner starts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+JOBS = ".jobs"
+COMMANDS = ("run", "study", "diagnose")
+ACTIVE = ("queued", "running")
+STATES = ("queued", "running", "done", "failed", "cancelled")
+PROGRAM = ("-m", "workbench.cli")  # what `python` runs with a job's argv
+POLL_S = 0.25
+
+
+class JobError(ValueError):
+    """A job that cannot be submitted or changed; the message says why."""
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    argv: list[str]  # after `workbench`, e.g. ["run", "--model", ...]
+    out: str  # the store (or study folder) the job writes, resolved
+    device: str
+    owner: str = ""
+    state: str = "queued"
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None  # the wrapper's pid, also the job's process group
+    returncode: int | None = None
+    cancel_requested: bool = False
+    log: str = ""
+    note: str = ""
+    program: list[str] = dataclasses.field(default_factory=lambda: list(PROGRAM))
+
+    @property
+    def command(self) -> str:
+        return "workbench " + shlex.join(self.argv)
+
+
+# -- the folder and its lock ---------------------------------------------------------------
+
+def jobs_dir(runs: str | Path) -> Path:
+    return Path(runs).expanduser().resolve() / JOBS
+
+
+@contextlib.contextmanager
+def _locked(runs):
+    """The queue's lock: submitting, taking and cancelling are read-check-write steps."""
+    folder = jobs_dir(runs)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write(runs, job: Job) -> None:
+    path = jobs_dir(runs) / f"{job.id}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(job), indent=1))
+    os.replace(tmp, path)  # readers never see half a file
+
+
+def read_job(runs, job_id: str) -> Job:
+    path = jobs_dir(runs) / f"{job_id}.json"
+    try:
+        return Job(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise JobError(f"no job {job_id!r} in {jobs_dir(runs)}") from None
+
+
+def list_jobs(runs) -> list[Job]:
+    """Every job of the runs folder, oldest first (the queue order)."""
+    folder = jobs_dir(runs)
+    out = []
+    for p in folder.glob("*.json") if folder.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            out.append(Job(**json.loads(p.read_text())))
+    return sorted(out, key=lambda j: (j.created, j.id))
+
+
+# -- submitting --------------------------------------------------------------------------------
+
+def _option(argv: list[str], *names: str) -> str | None:
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def output_of(argv: list[str], runs) -> Path:
+    """The store or folder a command writes (its ``--out``, or diagnose's STORE), resolved
+    against the runs folder when relative."""
+    if not argv or argv[0] not in COMMANDS:
+        raise JobError(f"a job runs one of: {', '.join(COMMANDS)}; got {argv[:1]}")
+    if argv[0] == "diagnose":
+        rest = [a for a in argv[1:] if not a.startswith("-")]
+        flags_with_values = {_option(argv, f) for f in ("--tokens", "--corpus", "--diagnostics", "--batch-size",
+                                                        "--seed", "--windows", "--max-diag-tokens", "--map-layer",
+                                                        "--map-methods", "--probe-layers", "--device")}
+        stores = [a for a in rest if a not in flags_with_values]
+        if not stores:
+            raise JobError("diagnose needs the STORE to diagnose")
+        out = stores[0]
+    else:
+        out = _option(argv, "--out", "-o")
+        if not out:
+            raise JobError(f"{argv[0]} needs --out (the store it writes)")
+    path = Path(out).expanduser()
+    return (path if path.is_absolute() else Path(runs).expanduser().resolve() / path).resolve()
+
+
+def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, program=None) -> Job:
+    """Queue ``workbench ARGV`` in the runs folder; start the device's runner unless one runs.
+
+    Refused: a command other than run/study/diagnose, and an output that a queued or running
+    job already writes (two processes would write one store). ``program``: what ``python``
+    runs with ARGV (the workbench CLI; tests put a stand-in script there)."""
+    argv = [str(a) for a in argv]
+    out = output_of(argv, runs)
+    device = _option(argv, "--device") or "cpu"
+    with _locked(runs) as folder:
+        for other in list_jobs(runs):
+            if other.state in ACTIVE and Path(other.out) == out:
+                raise JobError(f"{out} is already the output of job {other.id} ({other.state}, "
+                               f"{other.owner or 'no owner'}); wait for it or cancel it first")
+            if other.state in ACTIVE and (out in Path(other.out).parents or Path(other.out) in out.parents):
+                raise JobError(f"{out} overlaps the output {other.out} of job {other.id} ({other.state})")
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        job = Job(id=job_id, argv=argv, out=str(out), device=device, owner=owner, created=time.time(),
+                  log=str(folder / f"{job_id}.log"), program=list(program or PROGRAM))
+        _write(runs, job)
+    if start:
+        ensure_runner(runs, device)
+    return job
+
+
+def cancel(runs, job_id: str) -> Job:
+    """A queued job is dropped; a running one gets SIGINT (it exits 130, its store resumable)."""
+    with _locked(runs):
+        job = read_job(runs, job_id)
+        if job.state == "queued":
+            job.state, job.ended, job.note = "cancelled", time.time(), "cancelled before it started"
+            _write(runs, job)
+        elif job.state == "running":
+            job.cancel_requested = True
+            _write(runs, job)
+            if job.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.pid, signal.SIGINT)
+        else:
+            raise JobError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+    return job
+
+
+# -- the runner ---------------------------------------------------------------------------------
+
+def _runner_lock(runs, device: str) -> Path:
+    folder = jobs_dir(runs)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"runner-{device.replace('/', '_').replace(':', '_')}.lock"
+
+
+def runner_alive(runs, device: str = "cpu") -> bool:
+    """Whether a runner holds this device's lock now (the kernel drops it when the runner dies)."""
+    path = _runner_lock(runs, device)
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def _env() -> dict:
+    """The environment of runner and jobs: this checkout's code first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1"}
+
+
+def ensure_runner(runs, device: str = "cpu") -> int | None:
+    """Start the device's runner when jobs wait and none runs; its pid, or None when not needed.
+
+    The device's lock is taken here and handed to the runner (an inherited descriptor), so two
+    callers at once never start two runners."""
+    waiting = [j for j in list_jobs(runs) if j.device == device and j.state in ACTIVE]
+    if not waiting:
+        return None
+    path = _runner_lock(runs, device)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # a runner has it
+        with open(path.with_suffix(".log"), "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workbench.jobs", "runner", str(jobs_dir(runs).parent), "--device", device,
+                 "--lock-fd", str(fd)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(fd,), start_new_session=True, env=_env(), cwd=str(Path(__file__).resolve().parents[1]))
+        return proc.pid
+    finally:
+        os.close(fd)  # the runner holds the lock now (or nobody, if it failed to start)
+
+
+def ensure_runners(runs) -> list[int]:
+    """On app start: a runner for each device with waiting jobs (one that died is restarted)."""
+    devices = sorted({j.device for j in list_jobs(runs) if j.state in ACTIVE})
+    return [pid for d in devices if (pid := ensure_runner(runs, d))]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (ended, not yet reaped by its parent) counts as ended
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+def _take_next(runs, device: str) -> Job | None:
+    with _locked(runs):
+        for job in list_jobs(runs):
+            if job.device == device and job.state == "queued":
+                job.state, job.started = "running", time.time()
+                _write(runs, job)
+                return job
+    return None
+
+
+def _finish_orphans(runs, device: str) -> None:
+    """Jobs marked running that no live process holds (the machine rebooted, say) are failed."""
+    with _locked(runs):
+        for job in list_jobs(runs):
+            if job.device == device and job.state == "running" and not _alive(job.pid):
+                job.state, job.ended = "failed", time.time()
+                job.note = "ended while no runner watched it; rerun the same command to resume its store"
+                _write(runs, job)
+
+
+def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | None = None) -> None:
+    """The runner: hold the device's lock and run queued jobs in order until the queue is empty.
+
+    ``lock_fd``: the lock already taken by ``ensure_runner`` (inherited descriptor)."""
+    path = _runner_lock(runs, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (os.fdopen(lock_fd, "a") if lock_fd is not None else open(path, "a")) as lock:
+        if lock_fd is None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another runner has this device
+        # a job still running from an earlier runner (its own session) is waited for, not doubled
+        for job in list_jobs(runs):
+            if job.device == device and job.state == "running":
+                while _alive(job.pid):
+                    time.sleep(POLL_S)
+        _finish_orphans(runs, device)
+        idle_since = time.monotonic()
+        while True:
+            job = _take_next(runs, device)
+            if job is None:
+                if time.monotonic() - idle_since > idle_s:
+                    with _locked(runs):  # decide and let go under the queue lock: no job is left behind
+                        if not any(j.device == device and j.state == "queued" for j in list_jobs(runs)):
+                            fcntl.flock(lock, fcntl.LOCK_UN)
+                            return
+                time.sleep(POLL_S)
+                continue
+            proc = subprocess.Popen([sys.executable, "-m", "workbench.jobs", "exec", str(jobs_dir(runs).parent),
+                                     job.id], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True, env=_env())
+            with _locked(runs):
+                now = read_job(runs, job.id)
+                now.pid = proc.pid
+                _write(runs, now)
+                cancelled = now.cancel_requested
+            if cancelled:  # cancelled between being taken and getting its pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+            rc = proc.wait()
+            with _locked(runs):
+                now = read_job(runs, job.id)
+                if now.state == "running":  # the wrapper died before recording the status
+                    now.state, now.returncode, now.ended = "failed", rc, time.time()
+                    now.note = f"the job wrapper ended with status {rc}"
+                    _write(runs, now)
+            idle_since = time.monotonic()
+
+
+def exec_job(runs, job_id: str) -> int:
+    """Run one job's command (in this process group), log its output, record how it ended."""
+    job = read_job(runs, job_id)
+    # SIGINT is meant for the workbench child (a cancel); a handler (not SIG_IGN, which the child
+    # would inherit) keeps this wrapper alive to record the child's status.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    with open(job.log, "ab") as log:
+        log.write(f"$ {job.command}\n".encode())
+        log.flush()
+        child = subprocess.Popen([sys.executable, *job.program, *job.argv], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                                 cwd=str(jobs_dir(runs).parent))
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except InterruptedError:
+                continue
+        log.write(f"\n[exit status {rc}]\n".encode())
+    with _locked(runs):
+        now = read_job(runs, job_id)
+        now.returncode, now.ended = rc, time.time()
+        now.state = "done" if rc == 0 else "cancelled" if (rc == 130 or now.cancel_requested) else "failed"
+        if now.state == "cancelled":
+            now.note = "cancelled; rerun the same command to resume its store"
+        _write(runs, now)
+    return rc
+
+
+# -- live progress ---------------------------------------------------------------------------
+
+def log_tail(job: Job, lines: int = 20, max_bytes: int = 64_000) -> str:
+    """The last lines of the job's log (progress bars' carriage returns kept as line breaks)."""
+    try:
+        with open(job.log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    rows = [r.rstrip() for r in text.replace("\r", "\n").splitlines() if r.strip()]
+    return "\n".join(rows[-lines:])
+
+
+def progress(job: Job) -> tuple[int, int] | None:
+    """(conditions complete, conditions) of the job's store, or None when not readable yet."""
+    import numpy as np
+    import zarr
+
+    out = Path(job.out)
+    stores = [out] if out.suffix == ".zarr" else sorted(out.glob("*.zarr"))
+    done = total = 0
+    for s in stores:
+        name = "activations/complete" if job.argv[0] == "diagnose" else "complete"
+        try:
+            arr = zarr.open_array(str(s / name), mode="r", zarr_format=2)
+            values = np.asarray(arr[:])
+        except Exception:  # not laid out yet, or being laid out
+            continue
+        done, total = done + int(values.sum()), total + int(values.size)
+    return (done, total) if total else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m workbench.jobs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("runner", help="run the queue of RUNS for one device until it is empty")
+    r.add_argument("runs")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
+    e = sub.add_parser("exec", help="run one job (used by the runner)")
+    e.add_argument("runs")
+    e.add_argument("job")
+    args = parser.parse_args(argv)
+    if args.what == "runner":
+        run_queue(args.runs, args.device, lock_fd=args.lock_fd)
+        return 0
+    return exec_job(args.runs, args.job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
