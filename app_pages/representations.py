@@ -162,14 +162,14 @@ elif view == "Logit lens":
         charts.show(curves(frame, scale, "value", independent=True), "logit lens by layer", frame)
     st.subheader("Lens grid: top token by layer and position")
     if not dg.has_lens_grid(diag):
-        st.info("This store's diagnostics hold the lens per (condition, layer) only. The grid (layer x token of "
-                "one sample window, the lens's top token and its probability in the hover) appears when "
-                "`workbench diagnose` also writes `lens_top_id(condition, layer, token)` and "
-                "`lens_top_prob(condition, layer, token)` (and `lens_top_text` for the decoded tokens) over its "
-                "diagnostic tokens.")
+        st.info("This store's diagnostics hold the lens per (condition, layer) only: they were written before "
+                "the lens grid existed. Rerun `workbench diagnose` on the store (the cached activations are "
+                "reused) to add `lens_top_id(condition, layer, lens_token)` and `lens_top_prob` / "
+                "`lens_top_text`: the grid (layer x token of one sample window, the lens's top token and its "
+                "probability in the hover) then appears here.")
     else:
         toks = tokens(path, dg.group_stamp(path, dg.ACTIVATIONS))
-        have = toks[toks["token"].isin(diag["token"].values)]
+        have = toks[toks["token"].isin(diag[dg.GRID_DIM].values)]
         windows = sorted(set(have["window"]))
         c1, c2 = st.columns(2)
         window = c1.selectbox("Sequence (sample window)", windows)

@@ -51,15 +51,19 @@ def inject(path: Path) -> None:
     """Add probe_* and lens_top_* variables to a diagnostics group (seeded values)."""
     diag = dg.read_diagnostics(path)
     rng = np.random.default_rng(0)
-    c, lay, tok = diag.sizes["condition"], diag.sizes["layer"], diag.sizes["token"]
+    c, lay = diag.sizes["condition"], diag.sizes["layer"]
+    grid = diag["token"].values
+    tok = grid.size
     probes = ["next_token", "repeat", "position"]
     shape = (c, lay, len(probes))
     for name in ("probe_acc", "probe_selectivity", "probe_transfer_acc"):
         diag[name] = (("condition", "layer", "probe"), rng.uniform(0, 1, shape))
     diag = diag.assign_coords(probe=probes)
-    diag["lens_top_id"] = (("condition", "layer", "token"), rng.integers(0, 50, (c, lay, tok)))
-    diag["lens_top_prob"] = (("condition", "layer", "token"), rng.uniform(0, 1, (c, lay, tok)))
-    diag["lens_top_text"] = (("condition", "layer", "token"), np.full((c, lay, tok), " tok"))
+    diag = diag.drop_vars([v for v in ("lens_top_id", "lens_top_prob", "lens_top_text") if v in diag])
+    diag = diag.drop_dims([d for d in ("lens_token",) if d in diag.dims]).assign_coords(lens_token=grid)
+    diag["lens_top_id"] = (("condition", "layer", "lens_token"), rng.integers(0, 50, (c, lay, tok)))
+    diag["lens_top_prob"] = (("condition", "layer", "lens_token"), rng.uniform(0, 1, (c, lay, tok)))
+    diag["lens_top_text"] = (("condition", "layer", "lens_token"), np.full((c, lay, tok), " tok"))
     for v in diag.variables.values():
         v.encoding = {}
     diag.to_zarr(str(path), group=dg.DIAGNOSTICS, mode="w", consolidated=False, zarr_format=2)
@@ -93,9 +97,10 @@ def test_representations_every_view(diag_runs):
         view(at, name)
         if name == "Probes":
             assert "no probe results" in texts(at, "info").lower()
-        elif name == "Logit lens":
-            assert "lens_top_id(condition, layer, token)" in texts(at, "info")
-            assert len(at.get("vega_lite_chart")) == 1  # the per-layer curves still draw
+        elif name == "Logit lens":  # diagnose writes the grid: curves and grid both draw
+            assert len(at.get("vega_lite_chart")) == 2
+            grid = chart_data(at, 1, "top")
+            assert grid["prob"].between(0, 1).all() and (grid["top_id"] >= 0).all()
         else:
             assert at.get("vega_lite_chart"), name
     view(at, "CKA between layers")
@@ -116,6 +121,20 @@ def test_cka_between_layers_same_condition_is_one_on_the_diagonal(diag_runs):
     assert len(ia) == len(a) and (a.loc[ia, "token_id"].values == a.loc[ib, "token_id"].values).all()
     other = a.assign(corpus_offset=a["corpus_offset"] + 10_000)
     assert len(dg.shared_tokens(a, other)[0]) == 0
+
+
+def test_older_diagnostics_without_the_grid_are_explained(diag_runs, tmp_path):
+    old = tmp_path / "runs" / "old.zarr"
+    shutil.copytree(diag_runs / "q35.zarr", old)
+    diag = dg.read_diagnostics(old).drop_vars(["lens_top_id", "lens_top_prob", "lens_top_text"])
+    diag = diag.drop_dims("lens_token")
+    for v in diag.variables.values():
+        v.encoding = {}
+    diag.to_zarr(str(old), group=dg.DIAGNOSTICS, mode="w", consolidated=False, zarr_format=2)
+    at = start(tmp_path / "runs", "representations", picked=[old])
+    view(at, "Logit lens")
+    assert "lens_top_id(condition, layer, lens_token)" in texts(at, "info")
+    assert len(at.get("vega_lite_chart")) == 1  # the per-layer curves still draw
 
 
 def test_probes_and_lens_grid_light_up_when_present(diag_runs):

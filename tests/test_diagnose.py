@@ -225,3 +225,15 @@ def test_cli_refuses_a_store_whose_model_changed(tmp_path, corpus_file):
     assert isinstance(result.exception, DiagnoseError)
     assert "weights hash" in str(result.exception) and "not the model" in str(result.exception)
     assert open_activations(out) is None  # nothing written
+
+
+def test_lens_grid_at_the_last_layer_is_the_models_top_token(diagnosed):
+    diag, act = open_diagnostics(diagnosed), open_activations(diagnosed)
+    grid = diag["lens_top_id"].sel(condition="baseline", layer=7)
+    tokens = grid["lens_token"].values
+    assert tokens.size > 0 and set(tokens) <= set(act["token"].values)
+    top1 = act["top1_id"].isel(condition=0).sel(token=tokens).values
+    assert (grid.values == top1).mean() > 0.97  # float16 storage of the last residual only
+    prob = diag["lens_top_prob"].sel(condition="baseline")
+    assert ((prob > 0) & (prob <= 1)).all()
+    assert diag["lens_top_text"].dtype.kind in "UO"

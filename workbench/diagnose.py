@@ -421,18 +421,33 @@ def retrieval(iv: Intervener, cond: Condition, inputs: Inputs, vocab: int, prefi
     return ds
 
 
+LENS_GRID_WINDOWS = 4
+DIAGNOSTICS_FORMAT = 2  # 2: the lens grid (lens_top_id/prob/text); older groups are recomputed
+
+
 def _lens(model, cmap, hidden: np.ndarray, final: np.ndarray, clean_final: np.ndarray, targets: np.ndarray,
-          last: np.ndarray, layers: np.ndarray) -> xr.Dataset:
-    """Lens metrics of one condition, ``LENS_VALUES`` logits at a time (never layer x token x vocab)."""
+          last: np.ndarray, layers: np.ndarray, grid: np.ndarray | None = None) -> xr.Dataset:
+    """Lens metrics of one condition, ``LENS_VALUES`` logits at a time (never layer x token x vocab).
+
+    ``grid``: positions (indices into ``hidden``'s tokens) whose lens top token and its
+    probability are kept per layer (``lens_top_id``, ``lens_top_prob``: the app's lens grid)."""
     from probes.logit_lens import lens_metrics
 
     vocab = model.get_output_embeddings().weight.shape[0]
     n_l, n_t, _ = hidden.shape
     step = max(1, LENS_VALUES // (vocab * (n_l + 2)))
     parts, kl_last = [], []
+    grid = np.array([], dtype=int) if grid is None else np.asarray(grid)
+    top_id = np.full((n_l, grid.size), -1, dtype=np.int32)
+    top_prob = np.full((n_l, grid.size), np.nan, dtype=np.float32)
     for a in range(0, n_t, step):
         b = min(a + step, n_t)
         lens = lens_logits(model, torch.as_tensor(hidden[:, a:b], dtype=torch.float32), cmap).numpy()
+        here = np.flatnonzero((grid >= a) & (grid < b))
+        if here.size:
+            sel = torch.as_tensor(lens[:, grid[here] - a])
+            prob, idx = torch.softmax(sel.double(), dim=-1).max(dim=-1)
+            top_id[:, here], top_prob[:, here] = idx.numpy(), prob.float().numpy()
         fin = lens_logits(model, torch.as_tensor(final[a:b]), cmap).numpy()
         keep = last[a:b]
         cf = lens_logits(model, torch.as_tensor(clean_final[a:b][keep]), cmap).numpy() if keep.any() else None
@@ -448,6 +463,8 @@ def _lens(model, cmap, hidden: np.ndarray, final: np.ndarray, clean_final: np.nd
         out = per.mean("token", skipna=True)
         out["lens_kl_last_token"] = ("layer", np.nanmean(np.concatenate(kl_last, axis=1), axis=1)
                                      if kl_last else np.full(n_l, np.nan))
+    out["lens_top_id"] = (("layer", "grid_token"), top_id)
+    out["lens_top_prob"] = (("layer", "grid_token"), top_prob)
     return out
 
 
@@ -576,7 +593,8 @@ def diagnose(store_path: str | Path, *, tokens: int = 2048, corpus: str | None =
                 on_condition(r, rows.conditions[r])
     if not wanted:
         return None
-    key = {"sample": sample.key, "diagnostics": sorted(wanted), "max_diag_tokens": max_diag_tokens,
+    key = {"format": DIAGNOSTICS_FORMAT, "sample": sample.key, "diagnostics": sorted(wanted),
+           "max_diag_tokens": max_diag_tokens,
            "map_layer": map_layer, "map_methods": list(map_methods), "probe_layers": probe_layers,
            "plan_hash": attrs.get("plan_hash")}
     old = open_diagnostics(path)
@@ -634,6 +652,9 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
         labels = full.isel(token=flat).drop_vars(["token", "window", "position_in_window", "token_id"])
         labels = labels.assign_coords(token=np.arange(keep.size))
         groups, tok_ids = sample.window[keep], win_ids.ravel()[flat]
+    # the lens grid (top token per layer and position) covers the sampled positions of the first
+    # LENS_GRID_WINDOWS windows: enough to browse, small on disk
+    grid = np.flatnonzero(np.isin(sample.window[keep], np.unique(sample.window[keep])[:LENS_GRID_WINDOWS]))
     clean = hidden(0)
     shift = int(proto.get("prefix_id") is not None)
     n_text = min(16, sample.ids.shape[0])
@@ -672,8 +693,17 @@ def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, r
             if "lens" in wanted:
                 final = act["final_hidden"].isel(condition=r, token=keep).values
                 clean_final = final if r == 0 else act["final_hidden"].isel(condition=0, token=keep).values
-                lens = _lens(model, cmap, run, final, clean_final, targets, last, layers)
+                lens = _lens(model, cmap, run, final, clean_final, targets, last, layers, grid)
                 vals.update({k: lens[k] for k in VARIABLES["lens"] if k in lens})
+                token = keep[grid]  # the grid's positions, as the activations' token index
+                at = {"layer": layers, "lens_token": token}
+                vals["lens_top_id"] = xr.DataArray(lens["lens_top_id"].values, dims=("layer", "lens_token"), coords=at)
+                vals["lens_top_prob"] = xr.DataArray(lens["lens_top_prob"].values, dims=("layer", "lens_token"),
+                                                     coords=at)
+                vals["lens_top_text"] = xr.DataArray(
+                    np.array([strings[i] if 0 <= i < len(strings) else "" for i in
+                              lens["lens_top_id"].values.ravel()], dtype=str).reshape(lens["lens_top_id"].shape),
+                    dims=("layer", "lens_token"), coords=at)
                 took("lens")
             if "probes" in wanted:
                 if r == 0:

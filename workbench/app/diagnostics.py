@@ -224,8 +224,11 @@ def cka_frame(m: xr.DataArray) -> pd.DataFrame:
 
 # -- logit-lens grid ----------------------------------------------------------------------------
 
+GRID_DIM = "lens_token"  # the grid's own positions (a subset of the sample's tokens)
+
+
 def has_lens_grid(diag: xr.Dataset) -> bool:
-    return all(v in diag and set(diag[v].dims) == {"condition", "layer", "token"} for v in LENS_GRID)
+    return all(v in diag and set(diag[v].dims) == {"condition", "layer", GRID_DIM} for v in LENS_GRID)
 
 
 def lens_grid(diag: xr.Dataset, tokens: pd.DataFrame, conditions, window: int) -> pd.DataFrame:
@@ -234,12 +237,13 @@ def lens_grid(diag: xr.Dataset, tokens: pd.DataFrame, conditions, window: int) -
     names = labels_of(diag)
     tok = tokens.set_index("token")
     mine = tok[tok["window"] == window].sort_values("position")
-    have = [t for t in mine.index if t in set(diag["token"].values)]
+    have = [t for t in mine.index if t in set(diag[GRID_DIM].values)]
     rows = []
     for cid in conditions:
-        top = diag[LENS_GRID[0]].sel(condition=cid, token=have).transpose("layer", "token").values
-        prob = diag[LENS_GRID[1]].sel(condition=cid, token=have).transpose("layer", "token").values
-        text = (diag[LENS_TEXT].sel(condition=cid, token=have).transpose("layer", "token").values
+        at = {"condition": cid, GRID_DIM: have}
+        top = diag[LENS_GRID[0]].sel(at).transpose("layer", GRID_DIM).values
+        prob = diag[LENS_GRID[1]].sel(at).transpose("layer", GRID_DIM).values
+        text = (diag[LENS_TEXT].sel(at).transpose("layer", GRID_DIM).values
                 if LENS_TEXT in diag else top.astype(int).astype(str))
         for li, layer in enumerate(diag["layer"].values):
             for ti, t in enumerate(have):
