@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS", ROOT / "docs" / "screenshots"))
+# build/ by default (ignored by git); WORKBENCH_SCREENSHOTS=docs/screenshots refreshes the committed ones
+SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS", ROOT / "build" / "screenshots"))
 # (navigation title, screenshot name, main element, how to switch one selector)
 PAGES = [("Runs", "runs", "stDataFrame", ("multiselect", "Stores", "qwen3_5")),
          ("Model map", "model_map", "stVegaLiteChart", ("toggle", "Show whole-layer rows", None)),
