@@ -247,7 +247,8 @@ def _run_plan_cluster(loaded, plan, corpora, out, address, n_workers, client, th
                       retries, progress, log, on_batch, run_kw):
     say = log or (lambda msg: None)
     out = Path(out).absolute()
-    ds = run_plan(loaded, plan, corpora, out, progress=False, log=say, only=(), **run_kw)  # lay out, check
+    quiet = lambda m: None if _SUMMARY.search(m) else say(m)  # noqa: E731 (it computed nothing)
+    ds = run_plan(loaded, plan, corpora, out, progress=False, log=quiet, only=(), **run_kw)  # lay out, check
     pending = store.pending(ds)
     if not pending:
         say("every condition is already complete")
