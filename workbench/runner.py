@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -330,7 +330,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              dtype: str = "float32", donor_seed: int | None = None, progress: bool = True,
              on_condition: Callable[[int, Condition], None] | None = None,
              log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
-             batch_size: int = 8, tasks: list | None = None, task_items: int | None = None):
+             batch_size: int = 8, tasks: list | None = None, task_items: int | None = None,
+             only: Collection[int] | None = None):
     """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
 
     ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
@@ -338,7 +339,9 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     ``stride``, ``batch_size`` without a prefix token. ``tasks``: multiple-choice tasks
     (``workbench.tasks.Task``) scored under every condition, on their first ``task_items`` items
     (all by default). Several processes may run the same plan into one store: they share the
-    conditions.
+    conditions. ``only``: compute just these condition indices (and the baseline while it is
+    pending, since every other condition's QC compares with it); ``only=()`` lays the store out
+    and computes nothing.
     """
     out = Path(out)
     reference = reference or corpora[0]
@@ -373,6 +376,11 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     todo = store.pending(ds)
     ids = list(ds.condition.values)
     base_idx = ids.index("baseline") if "baseline" in ids else None
+    if only is not None:
+        keep = set(only)
+        if base_idx is not None and keep - {base_idx} and base_idx in todo:
+            keep.add(base_idx)
+        todo = [i for i in todo if i in keep]
     if base_idx is not None and base_idx in todo:  # QC compares every condition with the baseline
         todo = [base_idx] + [i for i in todo if i != base_idx]
 
