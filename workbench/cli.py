@@ -113,6 +113,12 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
     diagnose: bool = typer.Option(False, "--diagnose", help="then cache activations and compute every "
                                   "diagnostic (as `workbench diagnose STORE` with its defaults)"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="run the conditions on the workers of the "
+                                          "Dask scheduler at this address (tcp://host:8786; see docs/cluster.md)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="run the conditions on N local worker "
+                                          "processes (a Dask LocalCluster)"),
+    threads_per_worker: Optional[int] = typer.Option(None, help="torch threads of each cluster worker "
+                                                     "(default: its host's cores divided among its workers)"),
 ):
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
@@ -125,6 +131,12 @@ def run(
                    seeds=seeds, reference_tokens=reference_tokens, seed=seed)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
+    if cluster is not None and workers is not None:
+        raise UserError("give at most one of --cluster ADDRESS or --workers N")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} is invalid: give at least 1")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise UserError(f"--threads-per-worker {threads_per_worker} is invalid: give at least 1")
     if mode not in plans.MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(plans.MODES)}")
     if prefix_token not in ("auto", "none", "bos"):
@@ -161,9 +173,22 @@ def run(
     err.print(f"{len(resolved.conditions)} conditions x {len(corpora)} corpora "
               f"({sum(k.n_tokens for k in corpora):,} tokens, prefix token {policy}) -> {out_path}",
               markup=False, highlight=False)
+    def say(message: str) -> None:
+        err.print(message, markup=False, highlight=False)
+
     try:
-        ds = run_plan(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
-                      dtype=dtype, donor_seed=spec.donor_seed, log=lambda m: err.print(m, markup=False))
+        if cluster is not None or workers is not None:
+            from workbench.cluster import ClusterError, run_plan_cluster
+
+            try:
+                ds = run_plan_cluster(loaded, resolved, corpora, out_path, address=cluster, n_workers=workers,
+                                      threads_per_worker=threads_per_worker, protocol=protocol, reference=ref,
+                                      device=device, dtype=dtype, donor_seed=spec.donor_seed, log=say)
+            except (ClusterError, OSError, TimeoutError) as exc:
+                raise UserError(f"cluster: {exc}") from None
+        else:
+            ds = run_plan(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
+                          dtype=dtype, donor_seed=spec.donor_seed, log=say)
     except RunError as exc:
         raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())
