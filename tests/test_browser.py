@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.app.browser import screenshot as _screenshot, settled as _settled
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,16 +89,6 @@ def served(tmp_path_factory):
         log.close()
 
 
-def _settled(page) -> None:
-    """Wait until Streamlit has finished the run (no 'running' status) and charts are drawn."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
-    page.wait_for_load_state("networkidle")
-    for chart in page.locator('[data-testid="stVegaLiteChart"]').all():
-        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(300)
-
-
 def _switch(page, kind: str, label: str, option: str | None) -> None:
     testid = {"selectbox": "stSelectbox", "multiselect": "stMultiSelect", "radio": "stRadio",
               "toggle": "stCheckbox"}[kind]
@@ -110,15 +102,6 @@ def _switch(page, kind: str, label: str, option: str | None) -> None:
     else:
         widget.locator("label").first.click()
     page.evaluate("document.activeElement && document.activeElement.blur()")
-
-
-def _screenshot(page, path: Path) -> None:
-    """The whole page: Streamlit scrolls inside its main block, so grow the window to fit it."""
-    height = page.evaluate('document.querySelector(\'[data-testid="stMain"]\').scrollHeight')
-    page.set_viewport_size({"width": 1440, "height": min(max(int(height), 800), 4000)})
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(path))
-    page.set_viewport_size({"width": 1440, "height": 1000})
 
 
 def test_every_page_in_a_browser(served):

@@ -464,3 +464,17 @@ def test_ctrl_c_exits_130_and_resume_finishes(tmp_path, corpus_file):
     assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err
     assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
     assert bool(open_store(out)["complete"].all())
+
+
+def test_config_hash_ignores_where_the_model_was_read_from(tmp_path):
+    from workbench.loading import config_hash
+
+    lm = load_model("random:qwen2")
+    for name in ("a", "b"):
+        lm.model.save_pretrained(tmp_path / name)
+        lm.tokenizer.save_pretrained(tmp_path / name)
+    a, b = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
+    assert a.model.config._name_or_path != b.model.config._name_or_path
+    assert config_hash(a.model) == config_hash(b.model)
+    b.model.config.rms_norm_eps *= 2
+    assert config_hash(a.model) != config_hash(b.model)

@@ -124,9 +124,16 @@ def _load_dir(path: Path, device, dtype, *, gguf_file: str | None = None):
     return _finish(model, device), tokenizer
 
 
+LOCATION_FIELDS = ("_name_or_path", "_commit_hash")  # where the model was read from, not what it is
+
+
 def config_hash(model: torch.nn.Module) -> str:
-    """sha256 of the model's full configuration (every field, defaults included)."""
-    return hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
+    """sha256 of the model's full configuration (every field, defaults included), leaving out
+    where it was loaded from: the same model read from another folder hashes alike."""
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    for key in LOCATION_FIELDS:
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def weights_hash(model: torch.nn.Module) -> str:

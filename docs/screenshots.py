@@ -1,0 +1,68 @@
+"""Screenshots of every page of the app on a folder of run stores (the README's pictures).
+
+    python docs/screenshots.py RUNS_DIR [--out docs/screenshots] [--port 8765]
+
+Serves the app on 127.0.0.1 with ``--runs RUNS_DIR``, opens each page in Debian's chromium
+(through Playwright, never its own browser download), waits until Streamlit has drawn it, and
+saves ``<page>.png``. Every store of the folder is picked, as a visitor would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from workbench.app.browser import screenshot, settled
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [("Runs", "runs"), ("Model map", "model_map"), ("Perplexity and tasks", "perplexity"),
+         ("Layer sweep", "layer_sweep"), ("Random controls", "random_controls"), ("Compare", "compare"),
+         ("Representations", "representations"), ("Embedding map", "embedding_map"), ("Report", "report"),
+         ("Launch", "launch")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    from playwright.sync_api import sync_playwright
+
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.address",
+           "127.0.0.1", "--server.port", str(args.port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--", "--runs", str(args.runs.resolve())]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            settled(page)
+            for title, name in PAGES:
+                page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+                settled(page)
+                screenshot(page, args.out / f"{name}.png")
+                print(args.out / f"{name}.png")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()
