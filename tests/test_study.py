@@ -107,7 +107,7 @@ def test_compression_steps_are_re_measured_not_summed(tiny_study):
     from workbench.plans import Plan
 
     comp = open_store(tiny_study / "random_qwen3_5.compression.zarr")
-    main = open_store(tiny_study / "random_qwen3_5.zarr")
+    main = open_store(tiny_study / "random_qwen3_5.zarr").load()
     plan = Plan.model_validate_json(comp.attrs["plan"])
     steps = [c for c in plan.conditions if c.group == "compression:mixers:importance"]
     assert len(steps) == 8 and [len(c.targets) for c in steps] == list(range(1, 9))

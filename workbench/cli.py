@@ -226,8 +226,10 @@ def study(
     dtype: str = typer.Option("float32"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print conditions and forward tokens per model, run nothing"),
 ):
-    """The published study on any models: groups (component-only and whole-layer), layer sweep,
-    thirds, progressive removal, matched random controls, tasks, and the compression curve."""
+    """The published study on any models, one store per model (see the README).
+
+    Groups (component-only and whole-layer), layer sweeps, thirds, progressive removal, matched
+    random controls, tasks, and the compression curve."""
     from workbench.corpora import builtin_corpora
     from workbench.loading import DTYPES, check_device
     from workbench.runner import RunError
