@@ -30,7 +30,8 @@ intervals = ad.cached_intervals(path, n_boot=n_boot)
 st.subheader("Group ablations: perplexity / baseline")
 st.caption("Every component of one role removed at once. `zero` removes the component only; `skip_layer` "
            "removes whole layers (the mixer and its MLP). Log scale, 1 = no change; error bars: paired "
-           f"bootstrap 95% intervals over evaluation windows ({n_boot} resamples).")
+           f"bootstrap 95% intervals over blocks of 8 contiguous windows ({n_boot} resamples; adjacent windows "
+           "share text, so blocks, not single windows, are resampled).")
 if intervals is None:
     st.warning("This store has no baseline condition: ratios and intervals need one.")
 elif not pick_corpora:

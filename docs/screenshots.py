@@ -53,9 +53,24 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.goto(url)
             settled(page)
+            box = page.get_by_role("combobox", name="Stores").first  # pick every store of the folder
+            for _ in range(20):
+                box.click()
+                options = page.get_by_role("option")
+                if options.count() == 0:
+                    break
+                options.first.click()
+                settled(page)
+            page.keyboard.press("Escape")
             for title, name in PAGES:
                 page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
                 settled(page)
+                if name not in ("runs", "report", "launch"):  # a slow first draw may outlast the settle check
+                    try:
+                        page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=30_000)
+                    except Exception:  # a page that explains why it has nothing to chart
+                        pass
+                    settled(page)
                 screenshot(page, args.out / f"{name}.png")
                 print(args.out / f"{name}.png")
             browser.close()
