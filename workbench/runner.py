@@ -465,10 +465,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                                        f"({', '.join(str(x) for x in loss)}): the model's weights or "
                                        "logits are not finite; no condition was run")
 
-            for i in todo:
-                if not claims.try_claim(i):
-                    deferred.append(i)  # another process is on it; look again at the end
-                    continue
+            def claimed(i: int) -> None:
+                """Compute condition ``i`` (claimed by this process) unless it is already done."""
                 try:
                     if not store.is_complete(out, i):
                         evaluate(i)
@@ -477,16 +475,15 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                 bar.advance(t_cond)
                 if on_condition:
                     on_condition(i, plan.conditions[i])
+
+            for i in todo:
+                if claims.try_claim(i):
+                    claimed(i)
+                else:
+                    deferred.append(i)  # another process is on it; look again at the end
             for i in deferred:
                 claims.wait_claim(i)  # returns when its holder finished, or died
-                try:
-                    if not store.is_complete(out, i):
-                        evaluate(i)
-                finally:
-                    claims.release(i)
-                bar.advance(t_cond)
-                if on_condition:
-                    on_condition(i, plan.conditions[i])
+                claimed(i)
     finally:
         claims.release_all()
     final = store.open_store(out)
