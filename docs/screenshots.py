@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
+import tempfile
 from pathlib import Path
 
-from workbench.app.browser import screenshot, settled
+from workbench.app.browser import screenshot, serve, settled
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [("Runs", "runs"), ("Model map", "model_map"), ("Perplexity and tasks", "perplexity"),
@@ -35,18 +32,7 @@ def main() -> None:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     from playwright.sync_api import sync_playwright
 
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.address",
-           "127.0.0.1", "--server.port", str(args.port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--", "--runs", str(args.runs.resolve())]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with tempfile.TemporaryDirectory() as tmp, serve(args.runs.resolve(), args.port, Path(tmp) / "app.log") as url:
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
@@ -74,9 +60,6 @@ def main() -> None:
                 screenshot(page, args.out / f"{name}.png")
                 print(args.out / f"{name}.png")
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 if __name__ == "__main__":

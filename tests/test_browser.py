@@ -10,15 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from workbench.app.browser import screenshot as _screenshot, settled as _settled
+from workbench.app.browser import screenshot as _screenshot, serve, settled as _settled
 
 pytestmark = pytest.mark.slow
 
@@ -65,28 +61,9 @@ def served(tmp_path_factory):
         Image.new("RGB", (480, 200), colour).save(runs / name / "ratios.png")
         (runs / name / "report.md").write_text(f"# {name}\n\nRemoving attention hurts most.\n\n"
                                                "![perplexity ratios](ratios.png)\n")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", "--runs", str(runs)]
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "WORKBENCH_LAUNCH_TOKEN": TOKEN})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
+    log = tmp_path_factory.mktemp("log") / "streamlit.log"
+    with serve(runs, _free_port(), log, env={"WORKBENCH_LAUNCH_TOKEN": TOKEN}) as url:
         yield url, runs
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def _switch(page, kind: str, label: str, option: str | None) -> None:
