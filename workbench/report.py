@@ -3,7 +3,8 @@ the stores; this module only reads them, computes intervals and draws).
 
 Perplexity figures pool every corpus of a store: the windows of all corpora side by side, so a
 ratio is exp(mean extra loss per scored token), with paired block-bootstrap intervals
-(``probes.stats``; blocks of 8 contiguous windows).
+(``probes.stats``; blocks of 8 contiguous windows, fewer when a store has under 80 windows so
+that there are still about 10 blocks to resample).
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ def pooled(ds: xr.Dataset) -> Pooled:
     return Pooled(nll[:, keep], tok[keep], [str(c) for c in ds.condition.values])
 
 
+def block_for(p: Pooled) -> int:
+    """Windows per bootstrap block: 8 (about 2k tokens at the default stride), fewer for short
+    runs so that about 10 blocks remain (a single block gives no interval at all)."""
+    return int(max(1, min(8, len(p.tokens) // 10)))
+
+
 def ratios(ds: xr.Dataset, p: Pooled, ids: list[str], seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """(ratio, low, high) to the baseline for ``ids``, pooled over corpora."""
     if not ids:
         return {}
     r, lo, hi = stats.block_bootstrap_ratios(np.stack([p.row(i) for i in ids]), p.row("baseline"), p.tokens,
-                                             n_boot=N_BOOT, seed=seed)
+                                             block=block_for(p), n_boot=N_BOOT, seed=seed)
     return {i: (float(a), float(b), float(c)) for i, a, b, c in zip(ids, r, lo, hi)}
 
 
@@ -73,7 +80,9 @@ def _fmt(x: float) -> str:
         return "n/a"
     if math.isinf(x):
         return "inf"
-    return f"{x:,.2f}" if abs(x) < 1e4 else f"{x:,.0f}"
+    if abs(x) < 1e4:
+        return f"{x:,.2f}"
+    return f"{x:,.0f}" if abs(x) < 1e7 else f"{x:.3g}"  # 2.58e+40, not forty digits
 
 
 def _ci(t) -> str:
@@ -98,6 +107,15 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_log(axis) -> None:
+    """Tick labels as plain numbers (1.3, 40, 1e+14) instead of matplotlib's 1.3x10^0 on short log ranges."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(fmt)
 
 
 def fig_groups(name: str, rows: list[dict], path: Path) -> None:
@@ -159,6 +177,7 @@ def fig_random(trials: dict[str, dict[int, np.ndarray]], groups: dict[str, dict[
                 ax.scatter([k], [groups[m][size]], marker="*", s=140, color="#d62728", zorder=3)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")
+        _plain_log(ax.yaxis)
         ax.set_title(f"{size} random layers skipped", fontsize=9)
     axes[0][0].set_ylabel("perplexity / baseline (log)")
     fig.suptitle("Random whole-layer removal: trials (dots), median (bar), the targeted group (star)", fontsize=9)
@@ -179,6 +198,8 @@ def fig_compression(name: str, curves: dict[str, dict[str, np.ndarray]], path: P
         for t in (1.05, 1.10, 1.25):
             ax.axhline(t, color="#d62728", lw=0.6, ls=":")
         ax.set_yscale("log")
+        if np.nanmax([np.nanmax(v) for k, v in per.items() if k in ("importance", "random")]) < 100:
+            _plain_log(ax.yaxis)  # short ranges only: long ones keep powers of ten
         ax.set_xlabel(f"{family} removed")
         ax.set_title(family, fontsize=9)
     axes[0][0].set_ylabel("perplexity / baseline (re-measured)")
@@ -212,7 +233,7 @@ def analyse(ds: xr.Dataset, comp: xr.Dataset | None) -> dict:
         if len(ids) == 3:
             r = ratios(ds, p, ids)
             grad = stats.positional_gradient(p.row(ids[0]), p.row(ids[2]), p.row("baseline"), p.tokens,
-                                             n_boot=N_BOOT)
+                                             block=block_for(p), n_boot=N_BOOT)
             out["thirds"][role] = {"early": r[ids[0]], "middle": r[ids[1]], "late": r[ids[2]], **grad}
     if "accuracy" in ds:
         drops = stats.accuracy_drops(ds["correct"].sel(metric="acc"), n_boot=N_BOOT)
@@ -294,7 +315,9 @@ def write_report(folder: str | Path) -> Path:
              f"Corpora: {', '.join(settings['corpora'])} (first {settings.get('max_tokens') or 'all'} tokens each; "
              f"context {settings['context']}, stride {settings['stride']}); tasks: {task_list}{items}. "
              "Perplexity ratios pool every corpus; intervals are paired 95% block-bootstrap intervals "
-             "(blocks of 8 contiguous windows); accuracy drops are paired by item.", ""]
+             f"(blocks of {block_for(pooled(first))} contiguous window(s), {len(pooled(first).tokens)} windows "
+             "pooled; adjacent windows share text, so blocks rather than single windows are resampled); "
+             "accuracy drops are paired by item.", ""]
     lines += _summary_table(results)
     for model, r in results.items():
         ds = stores[model]
@@ -361,8 +384,12 @@ def _backbone_sentence(r: dict) -> str:
         return ""
     top = max(mixers, key=lambda g: g["zero"][0])
     top_skip = max(mixers, key=lambda g: g["skip_layer"][0])
-    used = [MIXER_NAMES[g["role"]] for g in mixers if g["zero"][1] > 1.0]
-    text = (f"Used: {', '.join(used) or 'no mixer'} (interval of the component-only ratio above 1). "
+    if any(math.isnan(g["zero"][1]) for g in mixers):
+        used_text = "Used: not decided (too few windows for an interval)."
+    else:
+        used = [MIXER_NAMES[g["role"]] for g in mixers if g["zero"][1] > 1.0]
+        used_text = f"Used: {', '.join(used) or 'no mixer'} (interval of the component-only ratio above 1)."
+    text = (f"{used_text} "
             f"Backbone by component-only removal: **{MIXER_NAMES[top['role']]}** (x{_fmt(top['zero'][0])}); "
             f"by whole-layer removal: **{MIXER_NAMES[top_skip['role']]}** (x{_fmt(top_skip['skip_layer'][0])}).")
     if top["role"] != top_skip["role"]:
