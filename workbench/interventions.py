@@ -135,14 +135,15 @@ class Intervener:
     @torch.no_grad()
     def run(self, ids: torch.Tensor, condition: Condition, *, means: dict | None = None,
             donor: dict | None = None, save: list[Component] | None = None, keep: int = 0,
-            strict: bool = True) -> RunOutput:
+            strict: bool = True, forward_kwargs: dict | None = None) -> RunOutput:
         """Logits of ``ids`` under ``condition``.
 
         ``means`` (mode mean): component key -> mean vector; ``donor`` (mode resample):
         component key -> that component's clean output on the donor input (same shape).
         ``save``: components whose (possibly edited) output to return. ``keep``: logits of the
         last ``keep`` positions only (0: all). ``strict``: raise when an edit did not fire
-        (otherwise the caller reads ``fired``).
+        (otherwise the caller reads ``fired``). ``forward_kwargs``: more arguments of the model's
+        forward (a cache and positions, for scoring in carried chunks); default ``use_cache=False``.
         """
         comps = self.components(condition)
         mode = condition.mode
@@ -160,7 +161,8 @@ class Intervener:
         edits.sort(key=lambda e: (e[2], e[1] == "save"))
         fired: list[str] = []
         saved = {}
-        with self.traced.trace(input_ids=ids.to(self.device), use_cache=False, logits_to_keep=keep):
+        kwargs = {"use_cache": False, **(forward_kwargs or {})}
+        with self.traced.trace(input_ids=ids.to(self.device), logits_to_keep=keep, **kwargs):
             for comp, what, _ in edits:
                 env = self._envoy(comp.path)
                 if what == "save":
