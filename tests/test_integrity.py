@@ -234,11 +234,14 @@ def test_default_reference_is_a_held_out_tail_and_means_skip_first_positions(sto
 
 # --- 9. honest QC -----------------------------------------------------------------------------
 
-def test_an_edit_that_did_not_fire_is_flagged(tmp_path, qwen2, corpus_file, monkeypatch, capsys):
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_edit_that_did_not_fire_is_flagged(tmp_path, qwen2, corpus_file, monkeypatch, capsys, fast):
+    from workbench.fast import SharedPrefix
+
     cmap = component_map(qwen2.model)
     plan = plans.resolve(plans.auto_spec(cmap, "groups"), cmap)
     corpus = load_corpus(str(corpus_file), qwen2.tokenizer)
-    real = Intervener.run
+    real, real_init = Intervener.run, SharedPrefix.__init__
 
     def drop_edits(self, ids, condition, **kw):
         out = real(self, ids, condition, **kw)
@@ -246,8 +249,13 @@ def test_an_edit_that_did_not_fire_is_flagged(tmp_path, qwen2, corpus_file, monk
             out.fired = out.fired[:-1]
         return out
 
+    def expect_more(self, iv, conditions, **kw):  # an edit that never ran
+        real_init(self, iv, conditions, **kw)
+        self.expected = [e + ["unissued"] if e else e for e in self.expected]
+
     monkeypatch.setattr(Intervener, "run", drop_edits)
-    ds = run_plan(qwen2, plan, [corpus], tmp_path / "q.zarr", context=32, stride=16, progress=False)
+    monkeypatch.setattr(SharedPrefix, "__init__", expect_more)
+    ds = run_plan(qwen2, plan, [corpus], tmp_path / "q.zarr", context=32, stride=16, progress=False, fast=fast)
     assert list(ds["qc_fired"].values) == [True, False]
     monkeypatch.undo()
     code, out, err = invoke(["show", tmp_path / "q.zarr"], capsys)

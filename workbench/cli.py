@@ -77,6 +77,7 @@ def _check_numbers(**values) -> None:
         "seeds": (lambda v: v >= 1, "at least 1"),
         "reference_tokens": (lambda v: v is None or v >= 2, "at least 2 tokens"),
         "seed": (lambda v: v is None or v >= 0, "0 or more"),
+        "max_rows": (lambda v: v is None or v >= 1, "at least 1 (or leave it out)"),
     }
     for name, value in values.items():
         ok, valid = rules.get(name, (lambda v: True, ""))
@@ -99,6 +100,11 @@ def run(
     context: int = typer.Option(512, help="tokens per window (the prefix token included)"),
     stride: int = typer.Option(256, help="window step; each token is scored once"),
     batch_size: int = typer.Option(8, help="windows per forward (changes results only at float rounding)"),
+    fast: bool = typer.Option(True, "--fast/--no-fast", help="share the clean layers before each condition's "
+                              "first edit and stack conditions (--no-fast: each condition alone from the "
+                              "embeddings; same numbers up to float rounding)"),
+    max_rows: Optional[int] = typer.Option(None, help="most rows (conditions x windows) in one forward "
+                                           "(default: one batch on a CPU, a quarter of free GPU memory)"),
     max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
     prefix_token: str = typer.Option("auto", help="auto | none | bos: token each window starts with "
                                      "(auto: BOS where the tokenizer adds one or the family expects it)"),
@@ -128,7 +134,7 @@ def run(
     from workbench.runner import RunError, prepare_inputs, run_plan
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
-                   seeds=seeds, reference_tokens=reference_tokens, seed=seed)
+                   seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
     if cluster is not None and workers is not None:
@@ -188,7 +194,7 @@ def run(
                 raise UserError(f"cluster: {exc}") from None
         else:
             ds = run_plan(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
-                          dtype=dtype, donor_seed=spec.donor_seed, log=say)
+                          dtype=dtype, donor_seed=spec.donor_seed, log=say, fast=fast, max_rows=max_rows)
     except RunError as exc:
         raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())

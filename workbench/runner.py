@@ -22,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from workbench import store
 from workbench.claims import Claims
 from workbench.corpora import Corpus
-from workbench.evaluate.multiple_choice import assemble, score_tasks
+from workbench.evaluate.multiple_choice import assemble, score_tasks, score_tasks_multi
 from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_windows, safe_exp,
-                                           score_windows)
+                                           score_windows, score_windows_multi)
+from workbench.fast import SharedPrefix, auto_rows
 from workbench.architectures import component_map
 from workbench.app.components import component_records
 from workbench.interventions import Intervener, check_reference, donor_windows
@@ -35,6 +36,7 @@ from workbench.validate import check_model, require_ok
 
 PACKAGES = ("workbench", "torch", "transformers", "nnsight", "xarray", "zarr", "numpy")
 DONOR_CACHE_BYTES = 2 * 2**30  # resample donor outputs kept across conditions (recomputed beyond)
+GROUP_SIZE = 16  # conditions computed together (sharing a clean pass); a crash loses at most one group
 
 
 class RunError(RuntimeError):
@@ -255,41 +257,44 @@ class ConditionForwards:
         rows = self.donors.outputs([(key, s, e, seed) for s, e in zip(salts, ends)], donors)
         return {"donor": {c.key: torch.stack([r[c.key] for r in rows]) for c in self.iv.components(condition)}}
 
-    def task_forward(self, condition: Condition):
-        """forward(ids, requests) -> logits of a multiple-choice batch under ``condition``.
+    def task_inputs(self, condition: Condition, ids: torch.Tensor, requests) -> dict:
+        """The ``means`` or ``donor`` argument for a multiple-choice batch under ``condition``.
 
         Resample donors are drawn from the reference for each request (salted by its position
         among the task's requests), never from the task's own text."""
-        if condition.mode == "mean" and condition.kind != "baseline":
-            means = self.means()
-            return lambda ids, requests: self._run(ids, condition, 0, means=means)
-        if condition.mode == "resample" and condition.kind != "baseline":
-            seed = condition.donor_seed or 0
+        if condition.kind == "baseline" or condition.mode not in ("mean", "resample"):
+            return {}
+        if condition.mode == "mean":
+            return {"means": self.means()}
+        seed = condition.donor_seed or 0
+        donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1], 1, seed,
+                                          salt=(r.task * 1_000_003 + r.item) * 101 + r.choice)
+                            for r in requests])
+        return {"donor": self.iv.outputs(donors, self.iv.components(condition))}
 
-            def forward(ids, requests):
-                donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1], 1, seed,
-                                                  salt=(r.task * 1_000_003 + r.item) * 101 + r.choice)
-                                    for r in requests])
-                outs = self.iv.outputs(donors, self.iv.components(condition))
-                return self._run(ids, condition, 0, donor=outs)
-            return forward
-        return lambda ids, requests: self._run(ids, condition, 0)
+    def task_forward(self, condition: Condition):
+        """forward(ids, requests) -> logits of a multiple-choice batch under ``condition``."""
+        return lambda ids, requests: self._run(ids, condition, 0, **self.task_inputs(condition, ids, requests))
+
+    def window_inputs(self, condition: Condition, corpus: Corpus, ids: torch.Tensor, windows: list[Window]) -> dict:
+        return self.inputs_for(condition, ids, [w.begin for w in windows], corpus.name,
+                               corpus.name in self.reference_is_scored, ends=[w.end for w in windows])
 
     def forward_for(self, condition: Condition, corpus: Corpus):
-        if condition.kind == "baseline":
-            return lambda ids, windows, keep: self._run(ids, condition, keep)
-        if condition.mode == "mean":
-            means = self.means()
-            return lambda ids, windows, keep: self._run(ids, condition, keep, means=means)
-        if condition.mode == "resample":
-            avoid = corpus.name in self.reference_is_scored
+        """forward(ids, windows, keep) -> logits of one condition (the naive path)."""
+        return lambda ids, windows, keep: self._run(ids, condition, keep,
+                                                    **self.window_inputs(condition, corpus, ids, windows))
 
-            def forward(ids, windows: list[Window], keep):
-                kw = self.inputs_for(condition, ids, [w.begin for w in windows], corpus.name, avoid,
-                                     ends=[w.end for w in windows])
-                return self._run(ids, condition, keep, **kw)
-            return forward
-        return lambda ids, windows, keep: self._run(ids, condition, keep)
+    def shared(self, conditions: list[Condition], max_rows: int) -> SharedPrefix:
+        return SharedPrefix(self.iv, conditions, max_rows=max_rows)
+
+    def windows_multi(self, fast: SharedPrefix, corpus: Corpus):
+        """forward(ids, windows, keep) -> logits of every condition of ``fast`` (prefix reuse)."""
+        return lambda ids, windows, keep: fast.run(
+            ids, [self.window_inputs(c, corpus, ids, windows) for c in fast.conditions], keep)
+
+    def tasks_multi(self, fast: SharedPrefix):
+        return lambda ids, requests: fast.run(ids, [self.task_inputs(c, ids, requests) for c in fast.conditions])
 
 
 def _prepare_tasks(tasks, task_items):
@@ -312,6 +317,32 @@ def _completed_twin(out: Path, plan: Plan, index: int) -> int | None:
     return next((j for j in twins if done[j]), None)
 
 
+def _task_values(res) -> dict:
+    return {"correct": res["correct"].values, "loglik": res["loglik"].values, "accuracy": res["accuracy"].values}
+
+
+def _groups(todo: list[int], plan: Plan, base_idx: int | None, size: int) -> list[list[int]]:
+    """Pending conditions in groups computed together: the baseline in the first (it comes with
+    the clean pass, and every other condition's QC compares with it), and a condition whose
+    identical twin is in the same group held back to a later one (it is then copied)."""
+    out: list[list[int]] = []
+    rest = list(todo)
+    if base_idx is not None and base_idx in rest:
+        rest = [base_idx] + [i for i in rest if i != base_idx]
+    while rest:
+        group, effects, later = [], set(), []
+        for i in rest:
+            effect = plan.conditions[i].effect_id
+            if len(group) < size and effect not in effects:
+                group.append(i)
+                effects.add(effect)
+            else:
+                later.append(i)
+        out.append(group)
+        rest = later
+    return out
+
+
 def check_run(plan: Plan, corpora: list[Corpus], protocol: Protocol, reference: Corpus,
               reference_is_scored: set[str]) -> None:
     """Everything that can be refused before a model runs."""
@@ -331,7 +362,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              on_condition: Callable[[int, Condition], None] | None = None,
              log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
              batch_size: int = 8, tasks: list | None = None, task_items: int | None = None,
-             only: Collection[int] | None = None):
+             only: Collection[int] | None = None, fast: bool = True, max_rows: int | None = None,
+             group_size: int = GROUP_SIZE):
     """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
 
     ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
@@ -342,6 +374,12 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     conditions. ``only``: compute just these condition indices (and the baseline while it is
     pending, since every other condition's QC compares with it); ``only=()`` lays the store out
     and computes nothing.
+
+    ``fast`` (default) computes up to ``group_size`` conditions together: one clean pass per
+    batch, each condition resuming after the clean layers before its first edit, conditions
+    stacked up to ``max_rows`` rows per forward (default: from the memory available; see
+    ``auto_rows``). ``fast=False`` runs each condition alone from the embeddings (the naive
+    loop, kept for checks and benchmarks); both give the same numbers up to float rounding.
     """
     out = Path(out)
     reference = reference or corpora[0]
@@ -386,6 +424,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
 
     forwards = ConditionForwards(iv, reference, protocol, plan, reference_is_scored)
     total_tokens = sum(int(sum(m["window_tokens"])) for m in meta)
+    rows = max_rows or auto_rows(loaded.model, protocol.context, protocol.stride + 1, protocol.batch_size, iv.device)
     baseline_nll = None
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -399,21 +438,66 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                                   completed=len(plan.conditions) - len(todo))
             t_tok = bar.add_task("tokens", total=total_tokens, rate="")
 
-            def evaluate(i: int) -> None:
+            def scores(group: list[int], tick) -> list[tuple[np.ndarray, np.ndarray, dict, bool]]:
+                """(window NLL (corpus, window), loss per corpus, task values, fired) per condition."""
+                conds = [plan.conditions[i] for i in group]
+                n_w = ds.sizes["window"]
+                nll = np.full((len(group), len(corpora), n_w), np.nan)
+                loss = np.full((len(group), len(corpora)), np.nan)
+                tasks_out: list[dict] = [{} for _ in group]
+                if fast:
+                    shared = forwards.shared(conds, rows)
+                    for j, corpus in enumerate(corpora):
+                        w = windows[corpus.name]
+                        sums, counts = score_windows_multi(forwards.windows_multi(shared, corpus), len(conds),
+                                                           corpus.ids, w, protocol.batch_size, iv.device,
+                                                           progress=tick, prefix=prefix)
+                        nll[:, j, :len(w)] = sums
+                        loss[:, j] = sums.sum(axis=1) / counts.sum()
+                    if tasks:
+                        res = score_tasks_multi(forwards.tasks_multi(shared), len(conds), loaded.tokenizer, tasks,
+                                                task_items_list, batch_size=protocol.batch_size * 2,
+                                                device=iv.device, prefix=(prefix,) if prefix is not None else None)
+                        tasks_out = [_task_values(r) for r in res]
+                    return [(nll[k], loss[k], tasks_out[k], shared.ok[k]) for k in range(len(group))]
+                out = []
+                for k, cond in enumerate(conds):
+                    forwards.fired_ok = True
+                    for j, corpus in enumerate(corpora):
+                        w = windows[corpus.name]
+                        sums, counts = score_windows(forwards.forward_for(cond, corpus), corpus.ids, w,
+                                                     protocol.batch_size, iv.device, progress=tick, prefix=prefix)
+                        nll[k, j, :len(w)] = sums
+                        loss[k, j] = sums.sum() / counts.sum()
+                    if tasks:
+                        tasks_out[k] = _task_values(score_tasks(
+                            forwards.task_forward(cond), loaded.tokenizer, tasks, task_items_list,
+                            batch_size=protocol.batch_size * 2, device=iv.device,
+                            prefix=(prefix,) if prefix is not None else None))
+                    out.append((nll[k], loss[k], tasks_out[k], forwards.fired_ok))
+                return out
+
+            def evaluate(group: list[int]) -> None:
                 nonlocal baseline_nll, computed, copied
-                cond = plan.conditions[i]
-                if base_idx is not None and baseline_nll is None and i != base_idx:
+                if base_idx is not None and baseline_nll is None and base_idx not in group:
                     claims.wait_claim(base_idx)  # another process may be computing the baseline
                     claims.release(base_idx)
                     if store.is_complete(out, base_idx):
                         baseline_nll = store.open_store(out)["window_nll"].isel(condition=base_idx).values
-                twin = _completed_twin(out, plan, i)
-                if twin is not None:  # the same edit under another family label: copy, don't recompute
-                    store.copy_condition(out, twin, i)
-                    copied += 1
+                fresh = []
+                for i in group:
+                    twin = _completed_twin(out, plan, i)
+                    if twin is not None:  # the same edit under another family label: copy, don't recompute
+                        store.copy_condition(out, twin, i)
+                        copied += 1
+                    else:
+                        fresh.append(i)
+                if not fresh:
                     return
-                bar.update(t_cond, description=f"{cond.label[:48]:<48}")
-                bar.reset(t_tok, total=total_tokens)
+                first = plan.conditions[fresh[0]].label
+                what = first if len(fresh) == 1 else f"{len(fresh)} conditions: {first}, ..."
+                bar.update(t_cond, description=f"{what[:48]:<48}")
+                bar.reset(t_tok, total=total_tokens * len(fresh))
                 start, done_tokens = time.perf_counter(), [0]
 
                 def tick(n):
@@ -421,69 +505,58 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     rate = done_tokens[0] / max(time.perf_counter() - start, 1e-9)
                     bar.update(t_tok, advance=n, rate=f"{rate:,.0f} tok/s")
 
-                forwards.fired_ok = True
-                n_w = ds.sizes["window"]
-                nll = np.full((len(corpora), n_w), np.nan)
-                loss = np.full(len(corpora), np.nan)
-                for j, corpus in enumerate(corpora):
-                    w = windows[corpus.name]
-                    sums, counts = score_windows(forwards.forward_for(cond, corpus), corpus.ids, w,
-                                                 protocol.batch_size, iv.device, progress=tick, prefix=prefix)
-                    nll[j, :len(w)] = sums
-                    loss[j] = sums.sum() / counts.sum()
-                task_values = {}
-                if tasks:
-                    res = score_tasks(forwards.task_forward(cond), loaded.tokenizer, tasks, task_items_list,
-                                      batch_size=protocol.batch_size * 2, device=iv.device,
-                                      prefix=(prefix,) if prefix is not None else None)
-                    task_values = {"correct": res["correct"].values, "loglik": res["loglik"].values,
-                                   "accuracy": res["accuracy"].values}
-                ppl = np.array([safe_exp(x) if not math.isnan(x) else math.nan for x in loss])
-                bpb = np.array([bits_per_byte(x * sum(m["window_tokens"]), m["n_bytes"])
-                                for x, m in zip(loss, meta)])
-                if cond.kind == "baseline":
-                    changed = np.full(len(corpora), -1, dtype=np.int8)
-                elif baseline_nll is not None:
-                    diff = np.abs(nll - baseline_nll)
-                    same = np.where(np.isnan(nll) & np.isnan(baseline_nll), 0.0, diff)
-                    changed = np.where(np.isnan(same).any(axis=1), 1,
-                                       np.nanmax(same, axis=1) > 1e-6).astype(np.int8)
-                else:
-                    changed = np.full(len(corpora), -1, dtype=np.int8)
-                store.write_condition(out, i, {
-                    "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
-                    "qc_changed": changed, "qc_fired": np.array(forwards.fired_ok),
-                    "n_edits": np.array(len(cond.targets), dtype=np.int32),
-                    "elapsed_s": np.array(time.perf_counter() - start), **task_values,
-                })
-                computed += 1
-                if cond.kind == "baseline":
-                    baseline_nll = nll
-                    bad = [k.name for k, x in zip(corpora, loss) if not np.isfinite(x)]
-                    if bad:
-                        raise RunError(f"the baseline loss is not finite on {', '.join(bad)} "
-                                       f"({', '.join(str(x) for x in loss)}): the model's weights or "
-                                       "logits are not finite; no condition was run")
+                results = scores(fresh, tick)
+                elapsed = (time.perf_counter() - start) / len(fresh)
+                for i, (nll, loss, task_values, fired_ok) in sorted(
+                        zip(fresh, results), key=lambda r: r[0] != base_idx):  # the baseline first
+                    cond = plan.conditions[i]
+                    ppl = np.array([safe_exp(x) if not math.isnan(x) else math.nan for x in loss])
+                    bpb = np.array([bits_per_byte(x * sum(m["window_tokens"]), m["n_bytes"])
+                                    for x, m in zip(loss, meta)])
+                    if cond.kind == "baseline":
+                        changed = np.full(len(corpora), -1, dtype=np.int8)
+                    elif baseline_nll is not None:
+                        diff = np.abs(nll - baseline_nll)
+                        same = np.where(np.isnan(nll) & np.isnan(baseline_nll), 0.0, diff)
+                        changed = np.where(np.isnan(same).any(axis=1), 1,
+                                           np.nanmax(same, axis=1) > 1e-6).astype(np.int8)
+                    else:
+                        changed = np.full(len(corpora), -1, dtype=np.int8)
+                    store.write_condition(out, i, {
+                        "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
+                        "qc_changed": changed, "qc_fired": np.array(fired_ok),
+                        "n_edits": np.array(len(cond.targets), dtype=np.int32),
+                        "elapsed_s": np.array(elapsed), **task_values,
+                    })
+                    computed += 1
+                    if cond.kind == "baseline":
+                        baseline_nll = nll
+                        bad = [k.name for k, x in zip(corpora, loss) if not np.isfinite(x)]
+                        if bad:
+                            raise RunError(f"the baseline loss is not finite on {', '.join(bad)} "
+                                           f"({', '.join(str(x) for x in loss)}): the model's weights or "
+                                           "logits are not finite; no condition was run")
 
-            def claimed(i: int) -> None:
-                """Compute condition ``i`` (claimed by this process) unless it is already done."""
+            def claimed(group: list[int]) -> None:
+                """Compute the conditions of ``group`` (claimed by this process) not yet done."""
                 try:
-                    if not store.is_complete(out, i):
-                        evaluate(i)
+                    evaluate([i for i in group if not store.is_complete(out, i)])
                 finally:
-                    claims.release(i)
-                bar.advance(t_cond)
-                if on_condition:
-                    on_condition(i, plan.conditions[i])
+                    for i in group:
+                        claims.release(i)
+                for i in group:
+                    bar.advance(t_cond)
+                    if on_condition:
+                        on_condition(i, plan.conditions[i])
 
-            for i in todo:
-                if claims.try_claim(i):
-                    claimed(i)
-                else:
-                    deferred.append(i)  # another process is on it; look again at the end
+            for group in _groups(todo, plan, base_idx, group_size if fast else 1):
+                mine = [i for i in group if claims.try_claim(i)]
+                deferred += [i for i in group if i not in mine]  # another process is on them: look again at the end
+                if mine:
+                    claimed(mine)
             for i in deferred:
                 claims.wait_claim(i)  # returns when its holder finished, or died
-                claimed(i)
+                claimed([i])
     finally:
         claims.release_all()
     final = store.open_store(out)

@@ -69,7 +69,6 @@ def build_requests(tasks: list[Task], items: list[list[Item]], encode: Encode,
     return out
 
 
-@torch.no_grad()
 def score_requests(forward: Forward, requests: list[Request], batch_size: int = 16, pad_id: int = 0,
                    max_length: int | None = None, device: torch.device | str = "cpu",
                    progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -78,7 +77,17 @@ def score_requests(forward: Forward, requests: list[Request], batch_size: int = 
     Longest first (as lm-eval), right-padded with ``pad_id``; inputs longer than ``max_length``
     lose tokens from the left.
     """
-    out = np.full(len(requests), np.nan)
+    return score_requests_multi(lambda ids, reqs: [forward(ids, reqs)], 1, requests, batch_size, pad_id,
+                                max_length, device, progress)[0]
+
+
+@torch.no_grad()
+def score_requests_multi(forward, n: int, requests: list[Request], batch_size: int = 16, pad_id: int = 0,
+                         max_length: int | None = None, device: torch.device | str = "cpu",
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """``score_requests`` for ``n`` runs at once (``forward`` returns a list of ``n`` logits):
+    log-likelihoods (n, requests)."""
+    out = np.full((n, len(requests)), np.nan)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].input_ids))
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
@@ -94,15 +103,15 @@ def score_requests(forward: Forward, requests: list[Request], batch_size: int = 
         batch = torch.full((len(idx), width), pad_id, dtype=torch.long)
         for row, ids in enumerate(inputs):
             batch[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        logits = forward(batch.to(device), [requests[i] for i in idx])
-        for row, (i, ids) in enumerate(zip(idx, inputs)):
-            cont = requests[i].continuation
-            n = len(ids)
-            logp = F.log_softmax(logits[row, n - len(cont):n].float(), dim=-1)
-            target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-            out[i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
+        for c, logits in enumerate(forward(batch.to(device), [requests[i] for i in idx])):
+            for row, (i, ids) in enumerate(zip(idx, inputs)):
+                cont = requests[i].continuation
+                n_ids = len(ids)
+                logp = F.log_softmax(logits[row, n_ids - len(cont):n_ids].float(), dim=-1)
+                target = torch.tensor(cont, dtype=torch.long, device=logp.device)
+                out[c, i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
         if progress:
-            progress(len(idx))
+            progress(len(idx) * n)
     return out
 
 
@@ -131,6 +140,15 @@ def score_tasks(forward: Forward, tokenizer, tasks: list[Task], items: list[list
     (padding: NaN, -1, ''); ``accuracy``, ``n_items``, ``chance`` per task. ``prefix`` defaults
     to the tokenizer's end-of-text id, the document boundary the minis were trained with.
     """
+    return score_tasks_multi(lambda ids, reqs: [forward(ids, reqs)], 1, tokenizer, tasks, items, batch_size,
+                             max_length, device, prefix, progress)[0]
+
+
+def score_tasks_multi(forward, n: int, tokenizer, tasks: list[Task], items: list[list[Item]] | None = None,
+                      batch_size: int = 16, max_length: int | None = None, device: torch.device | str = "cpu",
+                      prefix: tuple[int, ...] | None = None,
+                      progress: Callable[[int], None] | None = None) -> list[xr.Dataset]:
+    """``score_tasks`` for ``n`` runs at once (``forward`` returns a list of ``n`` logits)."""
     items = items if items is not None else [t.items() for t in tasks]
     if prefix is None:
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
@@ -141,8 +159,8 @@ def score_tasks(forward: Forward, tokenizer, tasks: list[Task], items: list[list
 
     requests = build_requests(tasks, items, encode, tuple(prefix))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ll = score_requests(forward, requests, batch_size, pad_id, max_length, device, progress)
-    return assemble(tasks, items, [r for r in requests], ll)
+    ll = score_requests_multi(forward, n, requests, batch_size, pad_id, max_length, device, progress)
+    return [assemble(tasks, items, requests, row) for row in ll]
 
 
 def assemble(tasks: list[Task], items: list[list[Item]], requests: list[Request], loglik: np.ndarray) -> xr.Dataset:

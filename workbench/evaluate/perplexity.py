@@ -99,7 +99,6 @@ def keep_for(batch: list[Window]) -> int:
     return max(w.end - w.score_from + 1 for w in batch)
 
 
-@torch.no_grad()
 def score_windows(forward: Forward, input_ids: torch.Tensor, windows: list[Window],
                   batch_size: int = 8, device: torch.device | str = "cpu",
                   progress: Callable[[int], None] | None = None,
@@ -109,7 +108,19 @@ def score_windows(forward: Forward, input_ids: torch.Tensor, windows: list[Windo
     Only the logits of positions that predict a scored token are computed (``keep``), and each
     batch's logits are reduced to NLLs before the next batch runs.
     """
-    nll = np.zeros(len(windows), dtype=np.float64)
+    nll, count = score_windows_multi(lambda ids, batch, keep: [forward(ids, batch, keep)], 1, input_ids,
+                                     windows, batch_size, device, progress, prefix)
+    return nll[0], count
+
+
+@torch.no_grad()
+def score_windows_multi(forward, n: int, input_ids: torch.Tensor, windows: list[Window],
+                        batch_size: int = 8, device: torch.device | str = "cpu",
+                        progress: Callable[[int], None] | None = None,
+                        prefix: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``score_windows`` for ``n`` runs at once: ``forward(ids, windows, keep)`` returns a list
+    of ``n`` logits tensors; the result is the summed NLL (n, windows) and the counts."""
+    nll = np.zeros((n, len(windows)), dtype=np.float64)
     count = np.array([w.n_scored for w in windows], dtype=np.int64)
     shift = int(prefix is not None)
     for idx in _batches(windows, batch_size):
@@ -119,17 +130,16 @@ def score_windows(forward: Forward, input_ids: torch.Tensor, windows: list[Windo
             ids = torch.cat([torch.full((len(batch), 1), prefix, dtype=ids.dtype), ids], dim=1)
         ids = ids.to(device)
         keep = min(keep_for(batch), ids.shape[1])
-        logits = forward(ids, batch, keep)
-        offset = ids.shape[1] - logits.shape[1]  # absolute input position of logits[:, 0]
-        for row, (i, w) in enumerate(zip(idx, batch)):
-            first = w.score_from - w.begin + shift  # input index of the first scored target
-            pred = logits[row, first - 1 - offset:ids.shape[1] - 1 - offset].float()
-            target = ids[row, first:].to(pred.device)
-            # per-token NLL in float32, summed in float64 on the CPU (float64 is not on every device)
-            nll[i] = F.cross_entropy(pred, target, reduction="none").cpu().double().sum().item()
-        del logits
+        for k, logits in enumerate(forward(ids, batch, keep)):
+            offset = ids.shape[1] - logits.shape[1]  # absolute input position of logits[:, 0]
+            for row, (i, w) in enumerate(zip(idx, batch)):
+                first = w.score_from - w.begin + shift  # input index of the first scored target
+                pred = logits[row, first - 1 - offset:ids.shape[1] - 1 - offset].float()
+                target = ids[row, first:].to(pred.device)
+                # per-token NLL in float32, summed in float64 on the CPU (not every device has float64)
+                nll[k, i] = F.cross_entropy(pred, target, reduction="none").cpu().double().sum().item()
         if progress:
-            progress(int(count[idx].sum()))
+            progress(int(count[idx].sum()) * n)
     return nll, count
 
 
