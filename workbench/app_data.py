@@ -239,7 +239,7 @@ def provenance_table(ds: xr.Dataset) -> pd.DataFrame:
     prov = provenance_json(ds)
     rows = []
     for key in ("model", "model_type", "model_source", "model_revision", "config_hash", "protocol",
-                "reference_corpus", "donor_seed", "device", "dtype", "created", "git_commit", "versions",
+                "reference_corpus", "donor_seed", "device", "dtype", "created", "git_commit", "versions", "kernels",
                 "plan_hash", "format"):
         if key in prov:
             value = prov[key]

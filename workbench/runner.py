@@ -128,6 +128,26 @@ def _versions() -> dict:
     return out
 
 
+KERNEL_PACKAGES = {"fla": "flash-linear-attention", "causal_conv1d": "causal-conv1d", "mamba_ssm": "mamba-ssm"}
+
+
+def kernel_paths() -> dict[str, str]:
+    """Which fused-kernel packages transformers' mixers use (it falls back to its torch code
+    for each one that is absent): package -> version, or "torch fallback"."""
+    import importlib.util
+
+    out = {}
+    for module, dist in KERNEL_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            out[dist] = "torch fallback"
+        else:
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                out[dist] = "installed"
+    return out
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
@@ -169,6 +189,7 @@ def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protoc
         "device": device,
         "dtype": dtype,
         "versions": json.dumps(versions),
+        "kernels": json.dumps(kernel_paths()),
         "model_check": json.dumps(model_check or {}),
         "component_map": json.dumps(component_records(loaded.model)),
         "resume_key": json.dumps(key, sort_keys=True),
