@@ -44,7 +44,7 @@ def models() -> None:
         protocols[sel.name(p)] = ds.attrs.get("protocol", "")
         n_layers[sel.name(p)] = ds.attrs.get("n_layers")
     if len(set(protocols.values())) > 1:
-        st.warning("These stores used different evaluation protocols (context / stride); ratios may not be "
+        st.warning("These stores used different evaluation protocols (rolling or carry, context, stride); ratios may not be "
                    "comparable: " + "; ".join(f"{k}: {v}" for k, v in protocols.items()))
     if len(tables) < 2:
         st.stop()

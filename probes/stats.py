@@ -298,6 +298,9 @@ def check_same_protocol(a: xr.Dataset, b: xr.Dataset, ignore=PROTOCOL_IGNORED) -
         pa, pb = (json.loads(ds.attrs["protocol"]) for ds in (a, b))
     except KeyError:
         raise ValueError("both stores need a 'protocol' attribute to be compared") from None
+    from workbench.store import UNRECORDED  # fields older stores left out: their defaults
+
+    pa, pb = ({**UNRECORDED, **p} for p in (pa, pb))
     diff = sorted(k for k in set(pa) | set(pb) if k not in ignore and pa.get(k) != pb.get(k))
     if diff:
         raise ValueError("the stores were scored with different protocols ("

@@ -1,5 +1,7 @@
 """Prefix reuse and batched conditions give the naive loop's logits, for every family and mode."""
 
+import json
+
 import pytest
 import torch
 
@@ -116,16 +118,18 @@ def test_skipped_layers_do_not_run(tiny_qwen35):
     assert fast.bound() == pytest.approx((iv.cmap.n_layers + 2) / (2 * iv.cmap.n_layers))
 
 
-@pytest.mark.parametrize("family", ["qwen3_5_text", "falcon_h1"])
-def test_run_plan_fast_equals_naive_store(tmp_path, family):
+@pytest.mark.parametrize("family,scoring", [("qwen3_5_text", "rolling"), ("falcon_h1", "rolling"),
+                                            ("qwen3_5_text", "carry"), ("falcon_h1", "carry"), ("qwen2", "carry")])
+def test_run_plan_fast_equals_naive_store(tmp_path, family, scoring):
     """The runner's fast path (groups, prefix reuse, stacking) writes the naive loop's numbers:
-    perplexity windows and task log-likelihoods, every mode, resample donors included."""
+    perplexity windows (or carried chunks) and task log-likelihoods, every mode, resample
+    donors included."""
     import numpy as np
 
     from workbench import plans
     from workbench.corpora import load_corpus
     from workbench.loading import load_model
-    from workbench.runner import run_plan
+    from workbench.runner import Protocol, run_plan
     from workbench.tasks import get_tasks
 
     loaded = load_model(f"random:{family}")
@@ -138,7 +142,9 @@ def test_run_plan_fast_equals_naive_store(tmp_path, family):
     path = tmp_path / "t.txt"
     path.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     corpus = load_corpus(str(path), loaded.tokenizer)
-    kw = dict(context=48, stride=24, batch_size=3, progress=False, tasks=get_tasks(["agreement"]), task_items=3)
+    protocol = Protocol(context=48, stride=24, batch_size=3, scoring=scoring, streams=2, reference=corpus.source,
+                        reference_tokens=corpus.n_tokens, reference_sha256=corpus.sha256)
+    kw = dict(protocol=protocol, progress=False, tasks=get_tasks(["agreement"]), task_items=3)
     naive = run_plan(loaded, plan, [corpus], tmp_path / "naive.zarr", fast=False, **kw)
     fast = run_plan(loaded, plan, [corpus], tmp_path / "fast.zarr", group_size=7, max_rows=9, **kw)
     for name in ("window_nll", "loglik"):
@@ -146,3 +152,6 @@ def test_run_plan_fast_equals_naive_store(tmp_path, family):
     for name in ("qc_fired", "qc_changed", "correct", "complete"):
         np.testing.assert_array_equal(fast[name].values, naive[name].values, err_msg=name)
     assert fast["qc_fired"].values.all()
+    if scoring == "carry":  # chunks of 24 after a first of 48, in 2 streams: every token once
+        assert int(fast["window_tokens"].sum()) == corpus.n_tokens - 1
+        assert json.loads(fast.attrs["protocol"])["scoring"] == "carry"

@@ -78,6 +78,7 @@ def _check_numbers(**values) -> None:
         "reference_tokens": (lambda v: v is None or v >= 2, "at least 2 tokens"),
         "seed": (lambda v: v is None or v >= 0, "0 or more"),
         "max_rows": (lambda v: v is None or v >= 1, "at least 1 (or leave it out)"),
+        "streams": (lambda v: v >= 1, "at least 1"),
     }
     for name, value in values.items():
         ok, valid = rules.get(name, (lambda v: True, ""))
@@ -86,6 +87,20 @@ def _check_numbers(**values) -> None:
     context, stride = values["context"], values["stride"]
     if not 1 <= stride <= context:
         raise UserError(f"--stride {stride} is invalid: give 1 to --context ({context}) tokens")
+
+
+def _protocol_text(proto: dict) -> str:
+    if proto.get("scoring", "rolling") == "carry":
+        return (f"carry protocol: chunks of {proto['stride']} with the state carried, attention over at most "
+                f"{proto['context']}, {proto.get('streams', 1)} stream(s)")
+    return f"rolling windows: context {proto['context']}, stride {proto['stride']}"
+
+
+def _check_protocol(name: str) -> None:
+    from workbench.runner import SCORINGS
+
+    if name not in SCORINGS:
+        raise UserError(f"unknown --protocol {name!r}; valid: {', '.join(SCORINGS)}")
 
 
 @app.command()
@@ -105,6 +120,10 @@ def run(
                               "embeddings; same numbers up to float rounding)"),
     max_rows: Optional[int] = typer.Option(None, help="most rows (conditions x windows) in one forward "
                                            "(default: one batch on a CPU, a quarter of free GPU memory)"),
+    protocol_name: str = typer.Option("rolling", "--protocol", help="rolling: overlapping windows of --context "
+                                      "every --stride tokens; carry: chunks of --stride tokens with the model's "
+                                      "state carried (each token computed once; see docs/protocols.md)"),
+    streams: int = typer.Option(1, help="carry: contiguous segments of each corpus scored side by side"),
     max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
     prefix_token: str = typer.Option("auto", help="auto | none | bos: token each window starts with "
                                      "(auto: BOS where the tokenizer adds one or the family expects it)"),
@@ -134,7 +153,8 @@ def run(
     from workbench.runner import RunError, prepare_inputs, run_plan
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
-                   seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows)
+                   seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows, streams=streams)
+    _check_protocol(protocol_name)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
     if cluster is not None and workers is not None:
@@ -172,7 +192,7 @@ def run(
         corpora, ref, protocol = prepare_inputs(loaded, corpus, texts, max_tokens=max_tokens, reference=reference,
                                                 reference_text=ref_text, reference_tokens=n_reference,
                                                 prefix_token=prefix_token, context=context, stride=stride,
-                                                batch_size=batch_size)
+                                                batch_size=batch_size, scoring=protocol_name, streams=streams)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     policy = protocol.prefix_token
@@ -327,8 +347,8 @@ def show(store_path: Path = typer.Argument(..., help="a run store"),
     proto = json.loads(ds.attrs["protocol"])
     out.print(f"{store_path}: model {ds.attrs['model']} ({ds.attrs['model_type']}), "
               f"{int(ds['complete'].sum())}/{ds.sizes['condition']} conditions complete; "
-              f"context {proto['context']}, stride {proto['stride']}, "
-              f"prefix token {proto.get('prefix_token', 'none')}", markup=False, highlight=False)
+              f"{_protocol_text(proto)}, prefix token {proto.get('prefix_token', 'none')}",
+              markup=False, highlight=False)
     corpora = list(ds.corpus.values)
     table = Table()
     for col in ["label", "kind"] + [f"ppl {c}" for c in corpora] + [f"x base {c}" for c in corpora] + ["qc"]:

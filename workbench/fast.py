@@ -14,6 +14,7 @@ edit ran on its rows, and the caller compares them with its targets.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,10 @@ class Stack:
 
     start: int  # leading layers skipped (their clean output supplied)
     members: list[int] = field(default_factory=list)  # indices into the conditions
+
+
+def _cache(kwargs: dict):
+    return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 def layer_arity(iv: Intervener) -> dict[str, int]:
@@ -106,38 +111,59 @@ class SharedPrefix:
         return out
 
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, inputs: list[dict], keep: int = 0) -> list[torch.Tensor]:
+    def run(self, ids: torch.Tensor, inputs: list[dict], keep: int = 0,
+            lanes: list[dict] | None = None) -> list[torch.Tensor]:
         """Logits (last ``keep`` positions) of each condition on ``ids``; ``inputs[k]``: the
-        ``means`` / ``donor`` arguments of condition k, as for ``Intervener.run``."""
+        ``means`` / ``donor`` arguments of condition k, as for ``Intervener.run``.
+
+        ``lanes`` (chunks with carried state): the forward arguments of the clean pass, then of
+        each condition, each with a cache of its own. A condition's cache takes the clean cache's
+        layers before its first edit (as they were before this chunk), which its run skips; a
+        cache is per condition, so conditions are not stacked then."""
         ids = ids.to(self.iv.device)
         rows = ids.shape[0]
-        stacks = self.stacks(rows)
+        stacks = self.stacks(rows) if lanes is None else [Stack(self.start[k], [k]) for k in range(len(self.start))
+                                                          if self.start[k] >= 0]
         need = sorted({s.start - 1 for s in stacks if s.start > 0})
-        clean, base = self._clean(ids, need, keep, want_logits=any(s < 0 for s in self.start))
+        want_logits = any(s < 0 for s in self.start)
+        before = None
+        if lanes is not None:
+            before = [copy.copy(layer) for layer in _cache(lanes[0]).layers]  # the clean state before this chunk
+        clean, base = {}, None
+        if need or want_logits:
+            clean, base = self._clean(ids, need, keep, want_logits, lanes[0] if lanes else {})
         out: list[torch.Tensor | None] = [base if s < 0 else None for s in self.start]
         for stack in stacks:
-            logits = self._stacked(ids, stack, clean, inputs, keep)
+            kwargs = {}
+            if lanes is not None:
+                (m,) = stack.members
+                kwargs = lanes[1 + m]
+                cache = _cache(kwargs)
+                for layer in self.layers[:stack.start]:
+                    cache.layers[layer.layer] = before[layer.layer]
+            logits = self._stacked(ids, stack, clean, inputs, keep, kwargs)
             for j, k in enumerate(stack.members):
                 out[k] = logits[j * rows:(j + 1) * rows]
         return out
 
-    def _clean(self, ids, need: list[int], keep: int, want_logits: bool):
+    def _clean(self, ids, need: list[int], keep: int, want_logits: bool, kwargs: dict):
         saved: dict[int, torch.Tensor] = {}
         logits = None
-        with self.iv.traced.trace(input_ids=ids, use_cache=False, logits_to_keep=keep) as tracer:
+        kwargs = {"use_cache": False, **kwargs}
+        with self.iv.traced.trace(input_ids=ids, logits_to_keep=keep, **kwargs) as tracer:
             for j in need:
                 saved[j] = _main(self.iv._envoy(self.layers[j].path).output).save()
             if want_logits:
                 logits = self.iv.traced.output.logits.save()
             elif need:
-                tracer.stop()
+                tracer.stop()  # later layers are not needed (nor, with a cache, their state)
         return {j: v.detach() for j, v in saved.items()}, logits
 
     def _skip_value(self, path: str, hidden: torch.Tensor):
         n = self.arity[path]
         return hidden if n == 0 else (hidden,) + (None,) * (n - 1)
 
-    def _stacked(self, ids, stack: Stack, clean: dict, inputs: list[dict], keep: int) -> torch.Tensor:
+    def _stacked(self, ids, stack: Stack, clean: dict, inputs: list[dict], keep: int, kwargs: dict) -> torch.Tensor:
         rows, k = ids.shape[0], len(stack.members)
         big = ids.repeat(k, 1)
         events = []  # (order, path, kind, member j, component)
@@ -150,7 +176,7 @@ class SharedPrefix:
                     events.append((self.iv.execution_order()[(comp.path, "out")], comp.path, "out", j, comp))
         events.sort(key=lambda e: (e[0], e[3]))
         fired: list[list[str]] = [[] for _ in stack.members]
-        with self.iv.traced.trace(input_ids=big, use_cache=False, logits_to_keep=keep):
+        with self.iv.traced.trace(input_ids=big, logits_to_keep=keep, **{"use_cache": False, **kwargs}):
             if stack.start:
                 hidden = clean[stack.start - 1]
                 hidden = hidden.repeat(k, *([1] * (hidden.dim() - 1))) if k > 1 else hidden

@@ -23,8 +23,9 @@ from workbench import store
 from workbench.claims import Claims
 from workbench.corpora import Corpus
 from workbench.evaluate.multiple_choice import assemble, score_tasks, score_tasks_multi
-from workbench.evaluate.perplexity import (Window, bits_per_byte, rolling_windows, safe_exp,
+from workbench.evaluate.perplexity import (bits_per_byte, rolling_windows, safe_exp,
                                            score_windows, score_windows_multi)
+from workbench.evaluate.carry import Carrier, CarryError, Chunk, carry_chunks, max_streams, score_carried_multi
 from workbench.fast import SharedPrefix, auto_rows
 from workbench.architectures import component_map
 from workbench.app.components import component_records
@@ -34,6 +35,7 @@ from workbench.paths import REPO_ROOT
 from workbench.plans import Condition, Plan
 from workbench.validate import check_model, require_ok
 
+SCORINGS = ("rolling", "carry")
 PACKAGES = ("workbench", "torch", "transformers", "nnsight", "xarray", "zarr", "numpy")
 DONOR_CACHE_BYTES = 2 * 2**30  # resample donor outputs kept across conditions (recomputed beyond)
 GROUP_SIZE = 16  # conditions computed together (sharing a clean pass); a crash loses at most one group
@@ -61,9 +63,33 @@ class Protocol:
     reference_windows: int = 16  # windows of the reference that mean ablations average over
     reference_skip: int = 16  # first positions of each reference window left out of the means
     batch_size: int = 8
+    scoring: str = "rolling"  # rolling windows, or carry: chunks of ``stride`` with the state carried
+    streams: int = 1  # carry: contiguous segments scored side by side (results depend on it, slightly)
+
+    def __post_init__(self):
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"unknown protocol {self.scoring!r}; valid: {', '.join(SCORINGS)}")
+        if self.streams < 1:
+            raise ValueError(f"streams must be at least 1, got {self.streams}")
 
     def checked(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        out = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.scoring == "rolling":  # as recorded before carry existed
+            out.pop("scoring"), out.pop("streams")
+        return out
+
+    def layout(self, n_tokens: int) -> list:
+        """The windows (rolling) or chunks (carry) every condition scores a corpus in."""
+        prefix = self.prefix_id is not None
+        if self.scoring == "rolling":
+            return rolling_windows(n_tokens, self.context, self.stride, prefix)
+        streams = min(self.streams, max_streams(n_tokens, self.context, self.stride, prefix))
+        return carry_chunks(n_tokens, self.context, self.stride, prefix, streams=streams)
+
+    def forward_tokens(self, n_tokens: int) -> int:
+        """Tokens one condition pushes through the model for a corpus (overlaps and warm-ups included)."""
+        shift = int(self.prefix_id is not None)
+        return sum(w.n_inputs if isinstance(w, Chunk) else w.end - w.begin + shift for w in self.layout(n_tokens))
 
 
 def resolve_prefix(policy: str, tokenizer, model) -> tuple[str, int | None]:
@@ -89,7 +115,8 @@ def resolve_prefix(policy: str, tokenizer, model) -> tuple[str, int | None]:
 def prepare_inputs(loaded: LoadedModel, corpus_specs: list[str], texts: list | None = None, *,
                    max_tokens: int | None = None, reference: str | None = None, reference_text=None,
                    reference_tokens: int | None = None, prefix_token: str = "auto", context: int = 512,
-                   stride: int = 256, batch_size: int = 8) -> tuple[list[Corpus], Corpus, Protocol]:
+                   stride: int = 256, batch_size: int = 8, scoring: str = "rolling",
+                   streams: int = 1) -> tuple[list[Corpus], Corpus, Protocol]:
     """Tokenised corpora, the reference and the protocol of a run (the CLI and the study share it).
 
     Without ``reference`` the last ``reference_tokens`` (default 16 x context) tokens of the first
@@ -114,7 +141,8 @@ def prepare_inputs(loaded: LoadedModel, corpus_specs: list[str], texts: list | N
     if len(set(names)) != len(names):
         raise CorpusError(f"corpus names repeat: {names}")
     protocol = Protocol(context=context, stride=stride, prefix_token=policy, prefix_id=prefix_id, reference=where,
-                        reference_tokens=ref.n_tokens, reference_sha256=ref.sha256, batch_size=batch_size)
+                        reference_tokens=ref.n_tokens, reference_sha256=ref.sha256, batch_size=batch_size,
+                        scoring=scoring, streams=streams)
     return corpora, ref, protocol
 
 
@@ -257,19 +285,20 @@ class ConditionForwards:
         return out.logits
 
     def inputs_for(self, condition: Condition, ids: torch.Tensor, salts: list[int], key: str, avoid: bool,
-                   ends: list[int] | None = None) -> dict:
+                   ends: list[int] | None = None, prefixed: bool | None = None) -> dict:
         """The ``means`` or ``donor`` argument of ``Intervener.run`` for a batch under ``condition``.
 
         Resample donors: one window of the reference per row, drawn from the donor seed salted by
         the row's ``salts`` (its start in the scored text: when ``avoid``, the donor never overlaps
-        it); a prefix token stays in place. Donor outputs are shared through the cache, keyed by
-        ``key`` (e.g. the corpus) with the salt, end and seed."""
+        it); a prefix token stays in place (``prefixed``: whether the rows start with it; default:
+        the protocol has one). Donor outputs are shared through the cache, keyed by ``key`` (e.g.
+        the corpus) with the salt, end and seed."""
         if condition.kind == "baseline" or condition.mode not in ("mean", "resample"):
             return {}
         if condition.mode == "mean":
             return {"means": self.means()}
         seed = condition.donor_seed or 0
-        shift = int(self.protocol.prefix_id is not None)
+        shift = int(self.protocol.prefix_id is not None if prefixed is None else prefixed)
         donors = torch.cat([donor_windows(self.reference.ids, ids.shape[1] - shift, 1, seed,
                                           avoid=[s] if avoid else None, salt=s) for s in salts])
         if shift:
@@ -297,22 +326,33 @@ class ConditionForwards:
         """forward(ids, requests) -> logits of a multiple-choice batch under ``condition``."""
         return lambda ids, requests: self._run(ids, condition, 0, **self.task_inputs(condition, ids, requests))
 
-    def window_inputs(self, condition: Condition, corpus: Corpus, ids: torch.Tensor, windows: list[Window]) -> dict:
+    def window_inputs(self, condition: Condition, corpus: Corpus, ids: torch.Tensor, windows: list) -> dict:
+        """Mean or donor inputs for a batch of windows or carried chunks (a resample donor of a
+        chunk is the component's clean output on a reference segment as long as the chunk,
+        run from an empty state)."""
+        prefixed = windows[0].prefixed if isinstance(windows[0], Chunk) else None
         return self.inputs_for(condition, ids, [w.begin for w in windows], corpus.name,
-                               corpus.name in self.reference_is_scored, ends=[w.end for w in windows])
+                               corpus.name in self.reference_is_scored, ends=[w.end for w in windows],
+                               prefixed=prefixed)
 
     def forward_for(self, condition: Condition, corpus: Corpus):
         """forward(ids, windows, keep) -> logits of one condition (the naive path)."""
         return lambda ids, windows, keep: self._run(ids, condition, keep,
                                                     **self.window_inputs(condition, corpus, ids, windows))
 
+    def carried_for(self, condition: Condition, corpus: Corpus):
+        """forward(ids, chunks, keep, [kwargs]) -> [logits] of one condition on carried chunks."""
+        return lambda ids, chunks, keep, kws: [self._run(ids, condition, keep, forward_kwargs=kws[0],
+                                                         **self.window_inputs(condition, corpus, ids, chunks))]
+
     def shared(self, conditions: list[Condition], max_rows: int) -> SharedPrefix:
         return SharedPrefix(self.iv, conditions, max_rows=max_rows)
 
     def windows_multi(self, fast: SharedPrefix, corpus: Corpus):
-        """forward(ids, windows, keep) -> logits of every condition of ``fast`` (prefix reuse)."""
-        return lambda ids, windows, keep: fast.run(
-            ids, [self.window_inputs(c, corpus, ids, windows) for c in fast.conditions], keep)
+        """forward(ids, windows, keep[, lanes]) -> logits of every condition of ``fast`` (prefix
+        reuse); ``lanes``: forward arguments of the clean pass and each condition (carried chunks)."""
+        return lambda ids, windows, keep, lanes=None: fast.run(
+            ids, [self.window_inputs(c, corpus, ids, windows) for c in fast.conditions], keep, lanes)
 
     def tasks_multi(self, fast: SharedPrefix):
         return lambda ids, requests: fast.run(ids, [self.task_inputs(c, ids, requests) for c in fast.conditions])
@@ -412,8 +452,12 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     reference_is_scored = {k.name for k in corpora if k.source == reference.source
                            and k.sha256 == reference.sha256 and reference.name == k.name}
     check_run(plan, corpora, protocol, reference, reference_is_scored)
-    windows = {k.name: rolling_windows(k.n_tokens, protocol.context, protocol.stride, prefix is not None)
-               for k in corpora}
+    if protocol.scoring == "carry":
+        try:
+            Carrier(loaded.model)  # an unsupported model is refused before anything is written
+        except CarryError as exc:
+            raise RunError(str(exc)) from None
+    windows = {k.name: protocol.layout(k.n_tokens) for k in corpora}
     first_scored = 0 if prefix is not None else 1
     meta = [{"name": k.name, "source": k.source, "n_tokens": k.n_tokens, "n_bytes": k.scored_bytes(first_scored),
              "sha256": k.sha256, "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
@@ -470,9 +514,16 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     shared = forwards.shared(conds, rows)
                     for j, corpus in enumerate(corpora):
                         w = windows[corpus.name]
-                        sums, counts = score_windows_multi(forwards.windows_multi(shared, corpus), len(conds),
-                                                           corpus.ids, w, protocol.batch_size, iv.device,
-                                                           progress=tick, prefix=prefix)
+                        if protocol.scoring == "carry":  # lane 0: the clean pass, with its own cache
+                            multi = forwards.windows_multi(shared, corpus)
+                            sums, counts = score_carried_multi(
+                                lambda ids, chunks, keep, kws: [None] + multi(ids, chunks, keep, kws),
+                                1 + len(conds), corpus.ids, w, iv.model, iv.device, progress=tick, prefix=prefix)
+                            sums = sums[1:]
+                        else:
+                            sums, counts = score_windows_multi(forwards.windows_multi(shared, corpus), len(conds),
+                                                               corpus.ids, w, protocol.batch_size, iv.device,
+                                                               progress=tick, prefix=prefix)
                         nll[:, j, :len(w)] = sums
                         loss[:, j] = sums.sum(axis=1) / counts.sum()
                     if tasks:
@@ -486,8 +537,13 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     forwards.fired_ok = True
                     for j, corpus in enumerate(corpora):
                         w = windows[corpus.name]
-                        sums, counts = score_windows(forwards.forward_for(cond, corpus), corpus.ids, w,
-                                                     protocol.batch_size, iv.device, progress=tick, prefix=prefix)
+                        if protocol.scoring == "carry":
+                            sums, counts = score_carried_multi(forwards.carried_for(cond, corpus), 1, corpus.ids, w,
+                                                               iv.model, iv.device, progress=tick, prefix=prefix)
+                            sums = sums[0]
+                        else:
+                            sums, counts = score_windows(forwards.forward_for(cond, corpus), corpus.ids, w,
+                                                         protocol.batch_size, iv.device, progress=tick, prefix=prefix)
                         nll[k, j, :len(w)] = sums
                         loss[k, j] = sums.sum() / counts.sum()
                     if tasks:

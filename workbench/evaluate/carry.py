@@ -252,20 +252,32 @@ def _cache_device(cache):
     return "cpu"
 
 
-@torch.no_grad()
 def score_carried(forward: CarriedForward, input_ids: torch.Tensor, chunks: list[Chunk],
                   model: torch.nn.Module, device: torch.device | str | None = None,
                   progress: Callable[[int], None] | None = None, prefix: int | None = None,
                   streams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL (float64) and scored-token count for each chunk (as ``score_windows``).
 
-    The streams of ``chunks`` run side by side, one batch row each, sharing a step's forward
-    while their inputs have the same length (a shorter last stream runs apart). ``streams``, when
-    given, must match the layout; ``device`` is the model's by default. Only the logits of
-    positions that predict a scored token are kept, reduced to NLLs before the next step runs.
+    The streams of ``chunks`` run side by side, one batch row each, all sharing a step's
+    forward while their inputs have the same length (a shorter last stream runs apart).
+    ``streams``, when given, must match the layout. Only the logits of positions that predict a
+    scored token are kept, reduced to NLLs before the next step runs.
     """
+    nll, count = score_carried_multi(lambda ids, batch, keep, kws: [forward(ids, batch, keep, kws[0])], 1,
+                                     input_ids, chunks, model, device, progress, prefix, streams)
+    return nll[0], count
+
+
+@torch.no_grad()
+def score_carried_multi(forward, n: int, input_ids: torch.Tensor, chunks: list[Chunk],
+                        model: torch.nn.Module, device: torch.device | str | None = None,
+                        progress: Callable[[int], None] | None = None, prefix: int | None = None,
+                        streams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``score_carried`` for ``n`` lanes at once, each with a cache of its own (e.g. conditions):
+    ``forward(ids, chunks, keep, kwargs)`` gets one forward-kwargs dict per lane and returns one
+    logits tensor per lane (None: not scored). Summed NLL (n, chunks), NaN where not scored."""
     carrier = Carrier(model)
-    device = device or next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
     if any(c.prefixed for c in chunks) != (prefix is not None):
         raise CarryError("the chunks were laid out " + ("with" if prefix is None else "without")
@@ -276,37 +288,39 @@ def score_carried(forward: CarriedForward, input_ids: torch.Tensor, chunks: list
     order = sorted(by_stream)
     if streams is not None and streams != len(order):
         raise CarryError(f"streams={streams} but the chunks hold {len(order)} stream(s)")
-    nll = np.zeros(len(chunks), dtype=np.float64)
+    nll = np.full((n, len(chunks)), np.nan, dtype=np.float64)
     count = np.array([c.n_scored for c in chunks], dtype=np.int64)
-    groups = [(order, carrier.new_cache())]  # streams sharing one cache, with that cache
+    groups = [(order, [carrier.new_cache() for _ in range(n)])]  # streams sharing caches, with them
     step = 0
     while groups:
         next_groups = []
-        for rows, cache in groups:
+        for rows, caches in groups:
             live = [s for s in rows if step < len(by_stream[s])]
             parts: dict[tuple, list[int]] = {}
             for s in live:
                 c = chunks[by_stream[s][step]]
                 parts.setdefault((c.n_inputs, c.position, c.cached), []).append(s)
             for part in parts.values():
-                if part != rows:  # rows leave or split: their own cache from here on
-                    cache_part = _select_rows(cache, [rows.index(s) for s in part], len(parts) > 1)
+                if part != rows:  # rows leave or split: their own caches from here on
+                    caches_part = [_select_rows(cache, [rows.index(s) for s in part], len(parts) > 1)
+                                   for cache in caches]
                 else:
-                    cache_part = cache
+                    caches_part = caches
                 idx = [by_stream[s][step] for s in part]
-                _run_step(forward, carrier, cache_part, input_ids, chunks, idx, device, prefix, nll)
+                _run_step(forward, carrier, caches_part, input_ids, chunks, idx, device, prefix, nll)
                 following = [chunks[by_stream[s][step + 1]].cached for s in part
                              if step + 1 < len(by_stream[s])]
                 if following:
-                    carrier.trim(cache_part, max(following))
-                    next_groups.append((part, cache_part))
+                    for cache in caches_part:
+                        carrier.trim(cache, max(following))
+                    next_groups.append((part, caches_part))
                 if progress:
-                    progress(int(count[idx].sum()))
+                    progress(int(count[idx].sum()) * n)
         groups, step = next_groups, step + 1
     return nll, count
 
 
-def _run_step(forward, carrier, cache, input_ids, chunks, idx, device, prefix, nll) -> None:
+def _run_step(forward, carrier, caches, input_ids, chunks, idx, device, prefix, nll) -> None:
     batch = [chunks[i] for i in idx]
     head = batch[0]
     ids = torch.stack([input_ids[c.begin:c.end] for c in batch])
@@ -314,14 +328,17 @@ def _run_step(forward, carrier, cache, input_ids, chunks, idx, device, prefix, n
         ids = torch.cat([torch.full((len(batch), 1), prefix, dtype=ids.dtype), ids], dim=1)
     ids = ids.to(device)
     keep = max(c.n_scored for c in batch)
-    kwargs = carrier.forward_kwargs(cache, head.position, head.cached, len(batch), ids.shape[1], ids.device)
-    logits = forward(ids, batch, keep, kwargs)
-    for row, (i, c) in enumerate(zip(idx, batch)):
-        pred = logits[row, -c.n_scored:].float()  # the last inputs predict the scored targets
-        target = input_ids[c.score_from:c.end + 1].to(pred.device)
-        # per-token NLL in float32, summed in float64 on the CPU (float64 is not on every device)
-        nll[i] = F.cross_entropy(pred, target, reduction="none").cpu().double().sum().item()
-    del logits
+    kwargs = [carrier.forward_kwargs(cache, head.position, head.cached, len(batch), ids.shape[1], ids.device)
+              for cache in caches]
+    for lane, logits in enumerate(forward(ids, batch, keep, kwargs)):
+        if logits is None:
+            continue
+        offset = logits.shape[1] - keep  # forward may return more positions than asked
+        for row, (i, c) in enumerate(zip(idx, batch)):
+            pred = logits[row, offset + keep - c.n_scored:].float()
+            target = input_ids[c.score_from:c.end + 1].to(pred.device)
+            # per-token NLL in float32, summed in float64 on the CPU (float64 is not on every device)
+            nll[lane, i] = F.cross_entropy(pred, target, reduction="none").cpu().double().sum().item()
 
 
 def plain_forward(model: torch.nn.Module) -> CarriedForward:
