@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -215,9 +216,21 @@ def test_shipped_tasks_are_valid_and_small():
     assert total < 3_000_000
     for t in tasks:
         items = t.items()  # checks n_items and chance against the items
-        assert 200 <= len(items) <= 500
+        assert 200 <= len(items) <= 1000
         assert t.chance == pytest.approx(np.mean([1 / len(i.choices) for i in items]), abs=1e-6)
         assert t.metrics == ("acc", "acc_norm") and t.num_fewshot == 0
+        assert len({i.gold for i in items}) > 1  # choice order shuffled
+
+
+@pytest.mark.skipif(not (REPO / "data" / "tasks").is_dir(), reason="no shipped tasks")
+def test_shipped_generated_tasks_have_matched_choices():
+    tasks = {t.name: t for t in get_tasks(root=REPO / "data" / "tasks")}
+    for it in tasks["next_sentence"].items():  # the same two sentences, in both orders
+        assert sorted(it.choices[0].split()) == sorted(it.choices[1].split())
+    for it in tasks["wordnet_definition"].items():  # one definition, different words
+        assert it.context == "" and len({c.split(": ", 1)[1] for c in it.choices}) == 1
+    for it in tasks["last_word"].items():  # every choice occurs in the passage
+        assert all(c.lower() in it.context.lower() for c in it.choices)
 
 
 # --- builders on fixtures --------------------------------------------------------------
@@ -250,37 +263,119 @@ def test_last_word_items_are_valid_and_deterministic():
     assert len(set(c.lower() for c in it["choices"])) == 4
 
 
-def test_next_sentence_items_use_other_documents():
+def test_last_word_distractors_are_matched_in_training_frequency():
+    doc = DOCS["news"][0]
+    context, gold = build._last_word_candidate(doc, 20, 80)
+    counts = Counter({"harbour": 50, "ferry": 60, "crates": 40, "storm": 45, "gulls": 1, "captain": 500,
+                      "season": 2, "pier": 3})
+    it = build.last_word_items(DOCS, n=10, seed=0, counts=counts, min_words=20)[0]
+    assert it["choices"][it["gold"]] == gold == "harbour"
+    # 'pier' occurs in the context as often as 'harbour' (twice), so it comes first whatever its
+    # frequency; then the words nearest to 'harbour' in log frequency ('crates' is a little further)
+    assert sorted(c.lower() for c in it["choices"]) == ["ferry", "harbour", "pier", "storm"]
+    assert it == build.last_word_items(DOCS, n=10, seed=0, counts=counts, min_words=20)[0]
+
+
+def test_word_counts_are_lower_cased_words():
+    assert build.word_counts(["The cat's hat.", "the CAT"]) == Counter({"the": 2, "cat's": 1, "hat": 1, "cat": 1})
+
+
+def test_next_sentence_items_are_the_true_pair_against_the_swapped_pair():
     items = build.next_sentence_items(DOCS, n=10, seed=0, min_words=4)
     assert items == build.next_sentence_items(DOCS, n=10, seed=0, min_words=4)
     assert len(items) == 3
     for it in items:
-        d = int(it["id"].split("-")[1])
-        doc = DOCS["news"][d]
-        gold = it["choices"][it["gold"]]
-        assert it["context"] + " " + gold in doc
-        others = [c for c in it["choices"] if c != gold]
-        assert len(others) == 3 and not any(c in doc for c in others)
+        _, d, k = it["id"].split("-")
+        ss = build.sentences(DOCS["news"][int(d)])
+        a, b = ss[int(k)], ss[int(k) + 1]
+        assert it["choices"][it["gold"]] == a + " " + b and it["choices"][1 - it["gold"]] == b + " " + a
+        assert it["context"] + " " + a + " " + b in DOCS["news"][int(d)]
+        assert 1 <= len(it["context"].split()) <= 40
 
 
-def test_definition_items_only_from_heldout_synsets(tmp_path):
+def test_next_sentence_context_stays_within_the_word_limit():
+    doc = "One two three four five six. " * 3 + "Seven eight nine ten eleven twelve. Thirteen fourteen fifteen sixteen."
+    items = build.next_sentence_items({"s": [doc]}, n=5, seed=0, context_words=12)
+    it = items[0]
+    assert len(it["context"].split()) <= 12 and it["context"].endswith(".")
+
+
+def _synset(offset, words, definition, pos="noun", heldout=True):
+    return {"offset": f"{offset:08d}", "pos": pos, "words": words, "definition": definition, "heldout": heldout}
+
+
+def test_definition_items_ask_for_the_word_of_a_heldout_definition():
+    syn = [_synset(1, "lantern", "a light with a case to carry it"),
+           _synset(2, "lantern", "a structure on top of a dome", heldout=False),
+           _synset(3, "lamp, lantern", "an artificial source of light", heldout=False),  # 'lamp' is a synonym
+           _synset(4, "barrel", "a cylindrical container"),  # held out but too rare as a gold word
+           _synset(5, "kettle", "a metal pot for stewing", heldout=False),
+           _synset(6, "pepper", "a pungent seasoning", heldout=False),
+           _synset(7, "carry", "move while supporting", pos="verb", heldout=False),  # other part of speech
+           _synset(8, "blanket", "a light with a case to carry it"),  # same definition
+           _synset(9, "sugar", "a sweet crystalline substance", heldout=False),
+           _synset(10, "case", "a portable container", heldout=False),  # occurs in the definition
+           _synset(11, "mirror", "a reflecting surface", heldout=False),  # frequency outside the band
+           _synset(12, "hammer", "a hand tool with a heavy head", heldout=False)]
+    counts = Counter({"lantern": 100, "lamp": 100, "barrel": 5, "kettle": 90, "pepper": 120, "carry": 100,
+                      "blanket": 100, "sugar": 140, "case": 100, "mirror": 200, "hammer": 70})
+    items = build.definition_items(syn, counts, n=10, seed=0, min_count=20)
+    assert items == build.definition_items(syn, counts, n=10, seed=0, min_count=20)
+    # the only usable gold: held out, frequent enough, definition unseen in training and free of the word
+    assert [it["id"] for it in items] == ["noun-00000001", "noun-00000008"]
+    it = items[0]
+    assert it["context"] == "" and it["choices"][it["gold"]] == "lantern: a light with a case to carry it"
+    words = sorted(c.split(": ")[0] for c in it["choices"])
+    assert len(words) == 4 and set(words) <= {"lantern", "kettle", "pepper", "blanket", "sugar", "hammer"}
+    assert all(c.endswith(": a light with a case to carry it") for c in it["choices"])
+    # too few words of the same part of speech in the frequency band: the synset is skipped
+    assert build.definition_items(syn, counts, n=10, seed=0, min_count=20, factor=1.1) == []
+
+
+def test_wordnet_synsets_mark_the_heldout_ones(tmp_path):
     root = tmp_path / "wn"
     shutil.copytree(FIX / "wordnet", root / "usr/share/wordnet")
-    all_syn = build.heldout_synsets(root, set())
     dog = 'dog, domestic dog, Canis familiaris: a member of the genus Canis; "the dog barked all night"'
-    held = build.heldout_synsets(root, build.training_gloss_lines(["x\n" + dog + "\ny"]))
-    assert len(held) == len(all_syn) - 1 and "dog, domestic dog, Canis familiaris" not in [s["words"] for s in held]
-    entity = next(s for s in all_syn if s["words"] == "entity")
+    syn = build.wordnet_synsets(root, build.training_gloss_lines(["x\n" + dog + "\ny"]))
+    assert [s["words"] for s in syn if not s["heldout"]] == ["dog, domestic dog, Canis familiaris"]
+    assert all(s["heldout"] for s in build.wordnet_synsets(root, set())) and len(syn) == 7
+    entity = next(s for s in syn if s["words"] == "entity")
     assert entity["definition"].startswith("that which is perceived") and entity["pos"] == "noun"
-    assert next(s for s in all_syn if s["words"].startswith("dog"))["definition"] == "a member of the genus Canis"
-    fake = [{"offset": f"{i:08d}", "pos": "noun", "words": f"word{i}", "definition": f"a kind of thing number {i}"}
-            for i in range(8)]
-    items = build.definition_items(fake, n=5, seed=1)
-    assert items == build.definition_items(fake, n=5, seed=1) and len(items) == 5
-    for it in items:
-        i = int(it["id"].split("-")[1])
-        assert it["context"] == f"word{i}:" and it["choices"][it["gold"]] == f"a kind of thing number {i}"
-        assert len(set(it["choices"])) == 4
+    assert next(s for s in syn if s["words"].startswith("dog"))["definition"] == "a member of the genus Canis"
+
+
+def _wordnet_fixture(root: Path, nouns: list[tuple[str, str]]) -> Path:
+    """A WordNet tree with the given one-word noun synsets (and empty verb, adj, adv files)."""
+    d = root / "usr/share/wordnet"
+    d.mkdir(parents=True)
+    lines = [f"{k + 1:08d} 03 n 01 {w} 0 000 | {g}  " for k, (w, g) in enumerate(nouns)]
+    (d / "data.noun").write_text("  1 licence header\n" + "\n".join(lines) + "\n")
+    for pos in ("verb", "adj", "adv"):
+        (d / f"data.{pos}").write_text("  1 licence header\n")
+    return root
+
+
+def test_build_tasks_rewrites_the_same_bytes(tmp_path):
+    bb = _bigbench_fixture(tmp_path / "bb")
+    nouns = [("lantern", "a light with a case to carry it"), ("kettle", "a metal pot for stewing"),
+             ("pepper", "a pungent seasoning"), ("sugar", "a sweet crystalline substance"),
+             ("hammer", "a hand tool with a heavy head")]
+    wn = _wordnet_fixture(tmp_path / "wn", nouns)
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    for name in build.CORPORA:
+        (corpora / f"{name}.txt").write_text("\n\n".join(DOCS["news"]) + "\n")
+    train = ["kettle: a metal pot for stewing\n" + "lantern kettle pepper sugar hammer " * 30]
+    out = tmp_path / "tasks"
+    out.mkdir()
+    specs = build.build_tasks(bb, wn, corpora, train, out, log=lambda _: None)
+    first = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    build.build_tasks(bb, wn, corpora, train, out, log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == first
+    assert len(first) == 10 and specs["next_sentence"]["chance"] == 0.5
+    wn_items = get_tasks(["wordnet_definition"], root=out)[0].items()
+    assert len(wn_items) == 4  # every noun but kettle, whose line is in the training text
+    assert "noun-00000002" not in [i.id for i in wn_items]
 
 
 def _bigbench_fixture(tmp: Path) -> Path:

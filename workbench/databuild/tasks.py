@@ -3,12 +3,15 @@
 Five zero-shot tasks (see data/tasks/README.md): two taken from BIG-bench task files in the
 pinned sdist (subject-verb agreement, TruthfulQA MC1 subset) and three generated here from
 held-out text (LAMBADA-style last word, next sentence, WordNet definitions of synsets held out
-of training). Every draw comes from a seeded `random.Random`, so a rebuild writes the same bytes.
+of training). Distractors are matched to the answer on what a context-blind model would use
+(word frequency in the training text, length, the same words), so that the choice turns on the
+context. Every draw comes from a seeded `random.Random`, so a rebuild writes the same bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -20,8 +23,9 @@ from . import clean
 from .fileio import atomic_write_text, sha256_file
 
 SEED = 0
-N_ITEMS = 400  # short items (agreement, WordNet)
-N_GENERATED = 300  # passage-length items: keeps all tasks at about 300k tokens per model
+N_ITEMS = 400  # short items (agreement, next-sentence pairs)
+N_GENERATED = 300  # passage-length items (last word)
+N_DEFINITIONS = 800  # one-line items; together all tasks stay at about 350k tokens per model
 BIGBENCH_TASKS_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 BIGBENCH_TASKS = ("subject_verb_agreement", "truthful_qa")
 BIGBENCH_LICENCE = "Apache-2.0 (BIG-bench task data)"
@@ -154,16 +158,31 @@ def _last_word_candidate(doc: str, min_words: int, max_words: int):
     return None
 
 
-def last_word_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int = SEED,
+def word_counts(texts) -> Counter:
+    """Lower-cased word counts of ``texts`` (the training documents): the frequency distractors are matched on."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w.lower() for w in _WORD.findall(text))
+    return counts
+
+
+def _log_count(counts: Counter, word: str) -> float:
+    return math.log(counts.get(word.lower(), 0) + 1)
+
+
+def last_word_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int = SEED, counts: Counter | None = None,
                     n_choices: int = 4, min_words: int = 30, max_words: int = 80) -> list[dict]:
     """LAMBADA-style: predict a passage's final word, which occurs earlier in the passage.
 
     The context is the sentences before the word (a sentence-final content word), at most
-    ``max_words`` words, as in LAMBADA's short passages; distractors are other content words of the same passage, preferring ones
-    that occur in the context at least as often as the gold word, so neither "copy a word from
-    the passage" nor "pick the most repeated word" solves the task.
+    ``max_words`` words, as in LAMBADA's short passages. Distractors are other content words of
+    the same passage, first those that occur in the context at least as often as the gold word,
+    and among them those closest to it in training frequency (``counts``, log scale): neither
+    "copy a word from the passage", "pick the most repeated word" nor "pick the most frequent
+    word" solves the task. Without ``counts`` frequency is ignored.
     """
     rng = random.Random(seed)
+    counts = counts if counts is not None else Counter()
     pool = []
     for name, docs in sets.items():
         for d, doc in enumerate(docs):
@@ -172,18 +191,21 @@ def last_word_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int 
                 continue
             context, gold = cand
             before = _WORD.findall(context)
-            counts = Counter(w.lower() for w in before)
+            in_context = Counter(w.lower() for w in before)
             first_form = {}
             for w in before:
                 if _content(w) and w.lower() != gold.lower():
                     first_form.setdefault(w.lower(), w)
             if len(first_form) < n_choices - 1:
                 continue
-            need = counts[gold.lower()]
-            strong = sorted(w for w in first_form if counts[w] >= need)
-            weak = sorted(w for w in first_form if counts[w] < need)
+            need = in_context[gold.lower()]
+            strong = sorted(w for w in first_form if in_context[w] >= need)
+            weak = sorted(w for w in first_form if in_context[w] < need)
             rng.shuffle(strong)
             rng.shuffle(weak)
+            g = _log_count(counts, gold)
+            for group in (strong, weak):  # a stable sort: equal distances keep the shuffled order
+                group.sort(key=lambda w: abs(_log_count(counts, w) - g))
             distractors = [first_form[w] for w in (strong + weak)[:n_choices - 1]]
             choices = [gold] + distractors
             rng.shuffle(choices)
@@ -200,33 +222,38 @@ def _n_words(s: str) -> int:
     return len(s.split())
 
 
-def next_sentence_items(sets: dict[str, list[str]], n: int = N_GENERATED, seed: int = SEED, n_choices: int = 4,
-                        context_sentences: int = 2, min_words: int = 6, max_words: int = 40) -> list[dict]:
-    """The true next sentence against sentences from other documents of the same held-out set.
+def next_sentence_items(sets: dict[str, list[str]], n: int = N_ITEMS, seed: int = SEED, context_words: int = 40,
+                        min_words: int = 4, max_words: int = 40) -> list[dict]:
+    """Which of two sentences comes next: the document's next two sentences in their true order
+    against the same two swapped (sentence-order prediction, as ALBERT's SOP).
 
-    Distractors are non-first sentences of other documents whose length is within a factor 1.5
-    of the gold sentence's, so length alone does not give the answer away.
+    The context is the whole sentences before them within ``context_words`` words (at least one).
+    Both choices hold the same words, so a context-blind model has nothing but the order to go on
+    (chance 0.5, equal byte lengths); the sentence's own probability, which swamps the context
+    when the other choice is an unrelated sentence, cancels. One pair per document, at a random
+    position.
     """
     rng = random.Random(seed)
     pool = []
     for name, docs in sets.items():
-        split = [sentences(doc) for doc in docs]
-        others = [(d, s) for d, ss in enumerate(split) for s in ss[1:] if min_words <= _n_words(s) <= max_words]
-        for d, ss in enumerate(split):
-            ks = [k for k in range(2, len(ss)) if min_words <= _n_words(ss[k]) <= max_words]
+        for d, doc in enumerate(docs):
+            ss = sentences(doc)
+            ks = []
+            for k in range(1, len(ss) - 1):
+                a, b = ss[k], ss[k + 1]
+                if a == b or not all(min_words <= _n_words(x) <= max_words for x in (a, b)):
+                    continue
+                context = _trim(" ".join(ss[:k]), context_words)
+                if _n_words(context) <= context_words:
+                    ks.append((k, context))
             if not ks:
                 continue
-            k = rng.choice(ks)
-            gold = ss[k]
-            g = _n_words(gold)
-            near = [s for e, s in others if e != d and g / 1.5 <= _n_words(s) <= g * 1.5 and s != gold]
-            near = sorted(set(near))
-            if len(near) < n_choices - 1:
-                continue
-            choices = [gold] + rng.sample(near, n_choices - 1)
+            k, context = rng.choice(ks)
+            true, swapped = ss[k] + " " + ss[k + 1], ss[k + 1] + " " + ss[k]
+            choices = [true, swapped]
             rng.shuffle(choices)
-            pool.append({"id": f"{name}-{d}-{k}", "context": " ".join(ss[max(0, k - context_sentences):k]),
-                         "choices": choices, "gold": choices.index(gold), "meta": {"set": name}})
+            pool.append({"id": f"{name}-{d}-{k}", "context": context, "choices": choices,
+                         "gold": choices.index(true), "meta": {"set": name}})
     return _sample(pool, n, rng)
 
 
@@ -250,52 +277,77 @@ def training_gloss_lines(train_texts) -> set[str]:
     return lines
 
 
-def heldout_synsets(wordnet_root: Path, train_lines: set[str]) -> list[dict]:
-    """WordNet synsets whose training line ('words: gloss') is absent from the training text."""
+def wordnet_synsets(wordnet_root: Path, train_lines: set[str]) -> list[dict]:
+    """Every WordNet synset: offset, part of speech, words, definition (the gloss without its quoted
+    examples), and ``heldout``: whether its training line ('words: gloss') is absent from the training text."""
     out = []
     for pos in WORDNET_POS:
         text = (wordnet_root / "usr/share/wordnet" / f"data.{pos}").read_text("utf-8", "replace")
         for line in text.splitlines():
             full = clean.wordnet_gloss(line)
-            if full is None or full in train_lines:
+            if full is None:
                 continue
             words, gloss = full.split(": ", 1)
             definition = gloss.split('; "')[0].strip().rstrip(";").strip()
-            out.append({"offset": line.split()[0], "pos": pos, "words": words, "definition": definition})
+            out.append({"offset": line.split()[0], "pos": pos, "words": words, "definition": definition,
+                        "heldout": full not in train_lines})
     return out
 
 
-def definition_items(synsets: list[dict], n: int = N_ITEMS, seed: int = SEED, n_choices: int = 4,
-                     min_words: int = 3, max_words: int = 20) -> list[dict]:
-    """'words:' followed by the synset's definition against definitions of other held-out synsets.
+def _headword(s: dict) -> str | None:
+    """The synset's only word if it is one plain lower-case word (the usual dictionary headword)."""
+    w = s["words"]
+    return w if w.isalpha() and w.islower() else None
 
-    Distractors share the part of speech and are within two words of the gold definition's
-    length; definitions that contain one of the synset's own words are skipped (copying would
-    solve them).
+
+def definition_items(synsets: list[dict], counts: Counter, n: int = N_DEFINITIONS, seed: int = SEED,
+                     n_choices: int = 4, min_words: int = 3, max_words: int = 20, min_count: int = 20,
+                     factor: float = 1.5) -> list[dict]:
+    """Which word does a held-out definition define: the line ``word: definition`` (the training
+    corpus's WordNet format) with the synset's word and with three other words.
+
+    Every choice holds the same definition, so its own probability cancels and what decides is
+    how well each word predicts it (the words' own probabilities are matched: same part of
+    speech, training frequency within ``factor``). Gold synsets are held out of training, have one
+    plain word that occurs at least ``min_count`` times in training (the model has met the word,
+    not this definition of it), a definition of ``min_words``-``max_words`` words that neither
+    contains the word nor is the definition of a synset in training. Distractors are one-word
+    lemmas of the same part of speech that share no synset with the word and do not occur in the
+    definition. The context is empty: the line starts a document.
     """
     rng = random.Random(seed)
-    usable = [s for s in synsets if min_words <= _n_words(s["definition"]) <= max_words
-              and not any(w.lower() in s["definition"].lower().split() for w in s["words"].split(", "))]
-    by_pos: dict[str, list[dict]] = {}
-    for s in usable:
-        by_pos.setdefault(s["pos"], []).append(s)
-    chosen = sorted(rng.sample(range(len(usable)), min(n, len(usable))))
-    items = []
-    for i in chosen:
+    synonyms: dict[str, set[str]] = {}
+    lemmas: dict[str, set[str]] = {}
+    for s in synsets:
+        words = [w.lower() for w in s["words"].split(", ")]
+        for w in words:
+            synonyms.setdefault(w, set()).update(words)
+        if _headword(s):
+            lemmas.setdefault(s["pos"], set()).add(s["words"])
+    by_pos = {pos: sorted(ws) for pos, ws in lemmas.items()}
+    trained = {s["definition"] for s in synsets if not s["heldout"]}
+    usable = [s for s in synsets if s["heldout"] and _headword(s) and counts.get(s["words"], 0) >= min_count
+              and min_words <= _n_words(s["definition"]) <= max_words and s["definition"] not in trained
+              and s["words"] not in _WORD.findall(s["definition"].lower())]
+    order = list(range(len(usable)))
+    rng.shuffle(order)
+    picked = {}
+    for i in order:
+        if len(picked) == n:
+            break
         s = usable[i]
-        g = _n_words(s["definition"])
-        near = [o for o in by_pos[s["pos"]] if abs(_n_words(o["definition"]) - g) <= 2
-                and o["definition"] != s["definition"]]
-        distractors = []
-        while len(distractors) < n_choices - 1:
-            o = near[rng.randrange(len(near))]["definition"]
-            if o not in distractors:
-                distractors.append(o)
-        choices = [s["definition"]] + distractors
-        rng.shuffle(choices)
-        items.append({"id": f"{s['pos']}-{s['offset']}", "context": s["words"] + ":", "choices": choices,
-                      "gold": choices.index(s["definition"]), "meta": {"pos": s["pos"]}})
-    return items
+        word, c = s["words"], counts[s["words"]]
+        in_def = {w.lower() for w in _WORD.findall(s["definition"])}
+        near = [w for w in by_pos[s["pos"]] if c / factor <= counts.get(w, 0) <= c * factor
+                and w not in synonyms[word] and w not in in_def]
+        if len(near) < n_choices - 1:
+            continue
+        words = [word] + rng.sample(near, n_choices - 1)
+        rng.shuffle(words)
+        picked[i] = {"id": f"{s['pos']}-{s['offset']}", "context": "",
+                     "choices": [f"{w}: {s['definition']}" for w in words], "gold": words.index(word),
+                     "meta": {"pos": s["pos"]}}
+    return [picked[i] for i in sorted(picked)]  # in WordNet file order
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -303,6 +355,9 @@ def definition_items(synsets: list[dict], n: int = N_ITEMS, seed: int = SEED, n_
 def write_task(out_dir: Path, spec: dict, items: list[dict]) -> dict:
     """data/tasks/<name>.jsonl and <name>.json (chance level and item count from the items)."""
     name = spec["name"]
+    if not items:
+        raise ValueError(f"task {name!r}: the builder produced no items (are the source files empty or the "
+                         "filters too strict for them?)")
     body = "".join(json.dumps(it, ensure_ascii=False, sort_keys=False) + "\n" for it in items)
     atomic_write_text(out_dir / f"{name}.jsonl", body)
     full = {**spec, "items": f"{name}.jsonl", "metrics": ["acc", "acc_norm"], "num_fewshot": 0,
@@ -312,40 +367,47 @@ def write_task(out_dir: Path, spec: dict, items: list[dict]) -> dict:
 
 
 def build_tasks(bigbench_tasks_dir: Path, wordnet_root: Path, corpora_dir: Path, train_texts,
-                out_dir: Path, n: int = N_ITEMS, seed: int = SEED, log=print) -> dict[str, dict]:
-    """Write all five tasks; ``train_texts``: the training documents (for the WordNet hold-out)."""
+                out_dir: Path, n: int | None = None, seed: int = SEED, log=print) -> dict[str, dict]:
+    """Write all five tasks; ``train_texts``: the training documents (the WordNet hold-out and the
+    word frequencies distractors are matched on); ``n`` caps every task's item count."""
     sets = read_documents(corpora_dir)
+    counts = word_counts(train_texts)
+    synsets = wordnet_synsets(wordnet_root, training_gloss_lines(train_texts))
+
+    def cap(k: int) -> int:
+        return k if n is None else min(k, n)
+
     by = "workbench.databuild.tasks"
     bb = "bigbench 1.0.0 (PyPI sdist), benchmark_tasks/"
+    heldout_text = {"source": "data/corpora/*.txt (held-out sets)", "licence": "as the held-out sets (CC BY 4.0 "
+                    "SQuAD-shifts; public-domain novels)", "version": ""}
     specs = [
         ({"name": "agreement", "description": "subject-verb agreement minimal pairs (English sub-tasks, "
           "an even share of each)", "source": bb + "subject_verb_agreement", "licence": BIGBENCH_LICENCE,
           "version": "bigbench-1.0.0", "target_delimiter": "", "generated_by": f"{by}.agreement_items"},
-         lambda: agreement_items(bigbench_tasks_dir / "subject_verb_agreement", n, seed)),
+         lambda: agreement_items(bigbench_tasks_dir / "subject_verb_agreement", cap(N_ITEMS), seed)),
         ({"name": "truthfulqa_mc1", "description": "TruthfulQA multiple choice, one true answer (MC1 style); "
           "the 299-question subset shipped as BIG-bench truthful_qa/task_mc.json, not all 817 questions; "
           "no few-shot prompt before the question",
           "source": bb + "truthful_qa/task_mc.json", "licence": BIGBENCH_LICENCE + "; TruthfulQA: Apache-2.0",
           "version": "bigbench-1.0.0", "target_delimiter": " ", "generated_by": f"{by}.truthfulqa_items"},
-         lambda: truthfulqa_items(bigbench_tasks_dir / "truthful_qa", seed)),
+         lambda: truthfulqa_items(bigbench_tasks_dir / "truthful_qa", seed)[:n]),
         ({"name": "last_word", "description": "LAMBADA-style: the passage's final word, which occurs earlier "
-          "in the passage; distractors are other content words of the passage",
-          "source": "data/corpora/*.txt (held-out sets)", "licence": "as the held-out sets (CC BY 4.0 "
-          "SQuAD-shifts; public-domain novels)", "version": "", "target_delimiter": " ",
-          "generated_by": f"{by}.last_word_items"},
-         lambda: last_word_items(sets, min(n, N_GENERATED), seed)),
-        ({"name": "next_sentence", "description": "the true next sentence after up to two sentences, against "
-          "sentences of similar length from other documents of the same held-out set",
-          "source": "data/corpora/*.txt (held-out sets)", "licence": "as the held-out sets (CC BY 4.0 "
-          "SQuAD-shifts; public-domain novels)", "version": "", "target_delimiter": " ",
+          "in the passage; distractors are other content words of the passage, matched to it in training "
+          "word frequency", **heldout_text, "target_delimiter": " ", "generated_by": f"{by}.last_word_items"},
+         lambda: last_word_items(sets, cap(N_GENERATED), seed, counts)),
+        ({"name": "next_sentence", "description": "which of two sentences comes next: the next two sentences "
+          "in their true order against the same two swapped (sentence-order prediction), after up to 40 "
+          "words of the document", **heldout_text, "target_delimiter": " ",
           "generated_by": f"{by}.next_sentence_items"},
-         lambda: next_sentence_items(sets, min(n, N_GENERATED), seed)),
-        ({"name": "wordnet_definition", "description": "a synset's words, then its definition against three "
-          "definitions of the same part of speech; only synsets whose gloss is not in the training corpus",
+         lambda: next_sentence_items(sets, cap(N_ITEMS), seed)),
+        ({"name": "wordnet_definition", "description": "which word a definition defines: the line 'word: "
+          "definition' with the synset's word against three words of the same part of speech and training "
+          "frequency; only synsets whose gloss is not in the training corpus",
           "source": "wordnet-base 1:3.0-37 (Debian), data.{noun,verb,adj,adv}",
-          "licence": "WordNet 3.0 licence (BSD-style)", "version": "WordNet 3.0", "target_delimiter": " ",
+          "licence": "WordNet 3.0 licence (BSD-style)", "version": "WordNet 3.0", "target_delimiter": "",
           "generated_by": f"{by}.definition_items"},
-         lambda: definition_items(heldout_synsets(wordnet_root, training_gloss_lines(train_texts)), n, seed)),
+         lambda: definition_items(synsets, counts, cap(N_DEFINITIONS), seed)),
     ]
     out = {}
     for spec, make in specs:
