@@ -105,6 +105,9 @@ def test_duplicate_output_is_refused_until_the_first_job_ends(runs):
     with pytest.raises(jobs.JobError, match="needs the STORE"):
         jobs.submit(runs, ["diagnose", "--tokens", "64"], start=False)
     assert jobs.output_of(["diagnose", "--tokens", "64", "a.zarr"], runs) == (runs / "a.zarr").resolve()
+    assert jobs.output_of(["diagnose", "--workers", "2", "a.zarr"], runs) == (runs / "a.zarr").resolve()
+    with pytest.raises(jobs.JobError, match="one STORE"):
+        jobs.submit(runs, ["diagnose", "a.zarr", "b.zarr"], start=False)
     _wait(runs, first.id)
     again = _submit(runs, "same.zarr")
     assert _wait(runs, again.id).state == "done"
@@ -305,3 +308,13 @@ def test_app_names_the_scheduler_and_where_jobs_ran(runs, scheduler, monkeypatch
     assert f"Dask scheduler at `{scheduler}`" in " ".join(str(c.value) for c in at.caption)
     table = at.dataframe[0].value
     assert table.loc[table["job"] == job.id, "host"].item() == job.host
+
+
+def test_a_diagnose_job_takes_its_stores_device(runs):
+    store = runs / "gpu.zarr"
+    store.mkdir()
+    (store / ".zattrs").write_text(json.dumps({"device": "cuda:0"}))
+    job = jobs.submit(runs, ["diagnose", "--tokens", "64", "gpu.zarr"], start=False)
+    assert (job.device, job.resources) == ("cuda:0", {"GPU": 1})
+    given = jobs.submit(runs, ["run", "--out", "c.zarr", "--model", "m", "--device", "cpu"], start=False)
+    assert (given.device, given.resources) == ("cpu", {"CPU": 1})

@@ -114,7 +114,8 @@ def run(
                                        "overrides a plan file's donor_seed)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
     diagnose: bool = typer.Option(False, "--diagnose", help="then cache activations and compute every "
-                                  "diagnostic (as `workbench diagnose STORE` with its defaults)"),
+                                  "diagnostic (as `workbench diagnose STORE` with its defaults; with "
+                                  "--workers/--cluster on a worker)"),
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -179,9 +180,14 @@ def run(
     n_done = int(ds["complete"].sum())
     err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
     if diagnose:
-        from workbench.diagnose import diagnose as run_diagnose
+        if where is None:
+            from workbench.diagnose import diagnose as run_diagnose
 
-        run_diagnose(out_path, progress=True)
+            run_diagnose(out_path, progress=True)
+        else:  # on a worker too (a GPU host, say): the store as one task
+            from workbench.cluster import diagnose_cluster
+
+            diagnose_cluster([out_path], **where.connect_kwargs(), log=say)
         err.print(f"diagnostics in {out_path} (workbench show {out_path} --diagnostics)", markup=False)
 
 

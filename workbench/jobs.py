@@ -159,10 +159,13 @@ def output_of(argv: list[str], runs) -> Path:
         rest = [a for a in argv[1:] if not a.startswith("-")]
         flags_with_values = {_option(argv, f) for f in ("--tokens", "--corpus", "--diagnostics", "--batch-size",
                                                         "--seed", "--windows", "--max-diag-tokens", "--map-layer",
-                                                        "--map-methods", "--probe-layers", "--device")}
+                                                        "--map-methods", "--probe-layers", "--device",
+                                                        "--cluster", "--workers", "--threads-per-worker")}
         stores = [a for a in rest if a not in flags_with_values]
         if not stores:
             raise JobError("diagnose needs the STORE to diagnose")
+        if len(stores) > 1:
+            raise JobError(f"a diagnose job takes one STORE (got {', '.join(stores)}); launch one job per store")
         out = stores[0]
     else:
         out = _option(argv, "--out", "-o")
