@@ -1,5 +1,6 @@
 """Launch: start `workbench run`, `study` or `diagnose` as a background job in the runs folder's
-queue (workbench/jobs.py), and follow every job of the machine: state, store progress, log tail."""
+queue (workbench/jobs.py), and follow every job of the machine: state, store progress, log tail.
+With a Dask scheduler (`workbench app --cluster ADDRESS`) jobs are sent to its workers instead."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ CORPORA = "encyclopedic"
 
 def launch_token() -> str:
     return os.environ.get(TOKEN_ENV, "")
+
+
+def scheduler() -> str:
+    """The Dask scheduler launched jobs go to ("" for this machine's queue)."""
+    return os.environ.get(jobs.CLUSTER_ENV, "").strip()
 
 
 def allowed() -> bool:
@@ -93,10 +99,11 @@ def job_table(all_jobs: list[jobs.Job]) -> pd.DataFrame:
         took = (j.ended or now) - j.started if j.started else None
         prog = jobs.progress(j) if j.state in ("running", "done", "cancelled", "failed") else None
         rows.append({"job": j.id, "owner": j.owner, "state": j.state, "device": j.device,
+                     "host": j.host or ("" if j.scheduler else "this machine"),
                      "progress": f"{prog[0]}/{prog[1]}" if prog else "",
                      "minutes": round(took / 60, 1) if took is not None else None,
                      "command": j.command, "status": j.returncode, "note": j.note})
-    return pd.DataFrame(rows, columns=["job", "owner", "state", "device", "progress", "minutes", "command",
+    return pd.DataFrame(rows, columns=["job", "owner", "state", "device", "host", "progress", "minutes", "command",
                                        "status", "note"])
 
 
@@ -104,8 +111,15 @@ st.title("Launch")
 sel = ad.selection()
 # the folder the app was started on (--runs), never the one typed in the sidebar
 folder = Path(st.session_state.get("_runs_default") or ad.default_runs_dir()).expanduser().resolve()
-st.caption(f"Jobs run one at a time per device, in a queue in `{folder}/.jobs/` that everyone using this folder "
-           "shares. They run apart from the app: closing the tab or restarting the app does not stop them.")
+if scheduler():
+    st.caption(f"Jobs go to the Dask scheduler at `{scheduler()}` and run on its workers: each GPU job holds one "
+               "GPU (`GPU=1`), each CPU job one CPU slot (`CPU=1`), and they start in the order they were "
+               f"submitted, whoever submitted them. Their states and logs are in `{folder}/.jobs/`. They run apart "
+               "from the app: closing the tab or restarting the app does not stop them.")
+else:
+    st.caption(f"Jobs run one at a time per device, in a queue in `{folder}/.jobs/` that everyone using this "
+               "folder shares. They run apart from the app: closing the tab or restarting the app does not stop "
+               "them.")
 if sel.folder.expanduser().resolve() != folder:
     st.info(f"Jobs are launched into the app's runs folder `{folder}`, not the folder typed in the sidebar.")
 
@@ -132,11 +146,13 @@ if allowed():
             st.code("workbench " + shlex.join(argv), language="bash", wrap_lines=True)
         if st.button("Launch", type="primary", disabled=not argv, key="launch_button"):
             try:
-                job = jobs.submit(folder, argv, owner=owner)
+                job = jobs.submit(folder, argv, owner=owner, scheduler=scheduler() or None)
             except jobs.JobError as exc:
                 st.error(str(exc))
             else:
-                st.success(f"Queued job `{job.id}`; it starts when the {job.device} runner is free.")
+                free = (f"a worker with {next(iter(job.resources))}=1" if job.scheduler
+                        else f"the {job.device} runner")
+                st.success(f"Queued job `{job.id}`; it starts when {free} is free.")
 
 
 @st.fragment(run_every=2.0)

@@ -105,6 +105,9 @@ def test_duplicate_output_is_refused_until_the_first_job_ends(runs):
     with pytest.raises(jobs.JobError, match="needs the STORE"):
         jobs.submit(runs, ["diagnose", "--tokens", "64"], start=False)
     assert jobs.output_of(["diagnose", "--tokens", "64", "a.zarr"], runs) == (runs / "a.zarr").resolve()
+    assert jobs.output_of(["diagnose", "--workers", "2", "a.zarr"], runs) == (runs / "a.zarr").resolve()
+    with pytest.raises(jobs.JobError, match="one STORE"):
+        jobs.submit(runs, ["diagnose", "a.zarr", "b.zarr"], start=False)
     _wait(runs, first.id)
     again = _submit(runs, "same.zarr")
     assert _wait(runs, again.id).state == "done"
@@ -187,3 +190,131 @@ def test_cancelling_a_real_run_exits_130_and_leaves_a_partial_store(tmp_path):
     done_n, total = jobs.progress(done)
     assert 1 <= done_n < total  # partial: the same command resumes it (the runner's resume is tested there)
     assert "[exit status 130]" in jobs.log_tail(done)
+
+
+# -- the queue through a Dask scheduler ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """Two in-process workers of two threads each, one advertising a GPU and one a CPU job slot
+    (as docs/cluster.md starts them): only the resources keep their jobs apart."""
+    from distributed import LocalCluster, Worker
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        cluster.worker_spec.update({name: {"cls": Worker, "options": {"nthreads": 2, "resources": {name: 1}}}
+                                    for name in ("GPU", "CPU")})
+        cluster.scale(2)
+        from distributed import Client
+
+        with Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield cluster.scheduler_address
+
+
+def _send(runs, scheduler, out, *extra, owner="ana"):
+    trace = runs.parent / "trace.jsonl"
+    return jobs.submit(runs, ["run", "--out", out, "--trace", str(trace), *extra], owner=owner,
+                       program=[str(runs.parent / "fake.py")], scheduler=scheduler)
+
+
+def _spans(runs) -> dict[str, tuple[float, float]]:
+    trace = _trace(runs)
+    start = {t["out"]: t["t"] for t in trace if t["what"] == "start"}
+    return {Path(o).name: (t, next(x["t"] for x in trace if x["out"] == o and x["what"] != "start"))
+            for o, t in start.items()}
+
+
+def test_scheduler_runs_cpu_jobs_in_order_one_at_a_time(runs, scheduler):
+    ids = [_send(runs, scheduler, f"s{i}.zarr", "--sleep", "0.4", owner=f"user{i}").id for i in range(3)]
+    for i in ids:
+        done = _wait(runs, i)
+        assert (done.state, done.returncode, done.scheduler) == ("done", 0, scheduler)
+        assert done.host and "working on" in jobs.log_tail(done)
+    spans = _spans(runs)
+    order = sorted(spans, key=lambda o: spans[o][0])
+    assert order == ["s0.zarr", "s1.zarr", "s2.zarr"]  # submission order, whoever submitted
+    for a, b in zip(order, order[1:]):
+        assert spans[a][1] <= spans[b][0], "two CPU jobs shared the one CPU slot"
+    assert not jobs.runner_alive(runs, "cpu")  # this machine's runner never started
+
+
+def test_one_gpu_never_runs_two_jobs(runs, scheduler):
+    gpu = [_send(runs, scheduler, f"g{i}.zarr", "--sleep", "1", "--device", "cuda") for i in range(2)]
+    cpu = _send(runs, scheduler, "c.zarr", "--sleep", "0.2")
+    assert [j.resources for j in gpu + [cpu]] == [{"GPU": 1}, {"GPU": 1}, {"CPU": 1}]
+    for j in gpu + [cpu]:
+        assert _wait(runs, j.id).state == "done"
+    spans = _spans(runs)
+    assert spans["g0.zarr"][1] <= spans["g1.zarr"][0] or spans["g1.zarr"][1] <= spans["g0.zarr"][0]
+    # the CPU job did not wait for the GPU: it ran beside the first GPU job
+    first = min(("g0.zarr", "g1.zarr"), key=lambda o: spans[o][0])
+    assert spans["c.zarr"][0] < spans[first][1]
+
+
+def test_scheduler_cancel_running_and_queued(runs, scheduler):
+    running = _send(runs, scheduler, "long.zarr", "--sleep", "30")
+    queued = _send(runs, scheduler, "next.zarr")
+    _wait(runs, running.id, states=("running",))
+    end = time.time() + 20
+    while not any(t["what"] == "start" for t in _trace(runs)) and time.time() < end:
+        time.sleep(0.1)
+    assert jobs.cancel(runs, queued.id).state == "cancelled"
+    jobs.cancel(runs, running.id)  # the task sees the request in the job file
+    job = _wait(runs, running.id)
+    assert (job.state, job.returncode) == ("cancelled", 130)
+    time.sleep(0.5)
+    assert [t["what"] for t in _trace(runs)] == ["start", "interrupted"]  # next.zarr never ran
+    assert jobs.read_job(runs, queued.id).state == "cancelled"
+
+
+def test_sending_again_runs_a_job_once_and_fan_out_is_refused(runs, scheduler):
+    job = _send(runs, scheduler, "once.zarr", "--sleep", "0.5")
+    jobs.send_queued(runs)  # what the app does on start: the scheduler has it already
+    assert _wait(runs, job.id).state == "done"
+    time.sleep(0.5)
+    assert [t["what"] for t in _trace(runs)] == ["start", "end"]
+    for fan_out in (["--workers", "2"], ["--cluster=tcp://x:1"]):
+        with pytest.raises(jobs.JobError, match="one task on one worker"):
+            _send(runs, scheduler, "fan.zarr", *fan_out)
+
+
+@pytest.mark.slow
+def test_a_real_run_through_the_scheduler(tmp_path, scheduler):
+    runs = tmp_path / "runs"
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("It was the best of times, it was the worst of times. " * 20)
+    argv = ["run", "--model", "random:qwen2", "--preset", "smoke", "--corpus", str(corpus), "--context", "32",
+            "--stride", "16", "--max-tokens", "200", "--out", "r.zarr"]
+    job = jobs.submit(runs, argv, owner="test", scheduler=scheduler)
+    done = _wait(runs, job.id, timeout=180)
+    assert done.state == "done", jobs.log_tail(done)
+    got = jobs.progress(done)
+    assert got and got[0] == got[1]
+
+
+def test_app_names_the_scheduler_and_where_jobs_ran(runs, scheduler, monkeypatch):
+    from workbench.app_cli import describe_scheduler
+
+    assert "2 worker(s) now, 1 GPU and 1 CPU job slot(s)" in describe_scheduler(scheduler)
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    job = _wait(runs, _send(runs, scheduler, "p.zarr", "--sleep", "0.1").id)
+    monkeypatch.setenv(jobs.CLUSTER_ENV, scheduler)
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--runs", str(runs)])
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/launch.py").run()
+    assert not at.exception, at.exception
+    assert f"Dask scheduler at `{scheduler}`" in " ".join(str(c.value) for c in at.caption)
+    table = at.dataframe[0].value
+    assert table.loc[table["job"] == job.id, "host"].item() == job.host
+
+
+def test_a_diagnose_job_takes_its_stores_device(runs):
+    store = runs / "gpu.zarr"
+    store.mkdir()
+    (store / ".zattrs").write_text(json.dumps({"device": "cuda:0"}))
+    job = jobs.submit(runs, ["diagnose", "--tokens", "64", "gpu.zarr"], start=False)
+    assert (job.device, job.resources) == ("cuda:0", {"GPU": 1})
+    given = jobs.submit(runs, ["run", "--out", "c.zarr", "--model", "m", "--device", "cpu"], start=False)
+    assert (given.device, given.resources) == ("cpu", {"CPU": 1})

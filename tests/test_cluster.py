@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from workbench import plans, store
+import shutil
+
+import typer
+
+from workbench import cluster, plans, store
 from workbench.architectures import component_map
-from workbench.cluster import batches, connect, run_plan_cluster
+from workbench.cluster import PlanRun, batches, connect, run_batch, run_plan_cluster
+from workbench.cluster_options import Target, target
 from workbench.loading import load_model
 from workbench.runner import prepare_inputs, run_plan
 
@@ -120,3 +125,107 @@ def test_a_killed_worker_loses_nothing(setup, client, tmp_path):
     assert finished <= n
     assert finished + sum(r["done_before"] for r in results) >= n - 1  # -1: the baseline, if the dead one did it
     assert killed[0] not in set(client.run(os.getpid).values())  # the nanny started a new process
+
+
+def test_cluster_options_are_checked_in_one_place():
+    assert target(None, None) is None
+    assert target("tcp://h:8786", None, 2) == Target(address="tcp://h:8786", threads_per_worker=2)
+    assert target(None, 3) == Target(n_workers=3)
+    with pytest.raises(typer.BadParameter, match="at most one of --cluster ADDRESS or --workers N"):
+        target("tcp://h:8786", 2)
+    with pytest.raises(typer.BadParameter, match="goes with --workers N or --cluster ADDRESS"):
+        target(None, None, 2)
+    with pytest.raises(typer.BadParameter, match="address is empty"):
+        target(" ", None)
+
+
+def _plan_run(loaded, plan, corpora, out, kw, topic="t") -> PlanRun:
+    return PlanRun(spec=loaded.spec, revision=loaded.revision, seed=int(loaded.info.get("seed", 0)), plan=plan,
+                   corpora=corpora, out=str(out), reference=kw["reference"], protocol=kw["protocol"], device="cpu",
+                   dtype="float32", donor_seed=None, tasks=None, task_items=None, context=512, stride=256,
+                   batch_size=8, threads={"*": 1}, topic=topic)
+
+
+def test_a_workers_later_tasks_reuse_the_checks_but_still_check_the_store(setup, tmp_path):
+    loaded, plan, corpora, kw, serial = setup
+    out = tmp_path / "w.zarr"
+    run_plan(loaded, plan, corpora, out, only=(), **kw)  # the client's layout
+    run = _plan_run(loaded, plan, corpora, out, kw)
+    first, second = run_batch(run, [0, 1]), run_batch(run, [2, 3])  # outside a worker: called here
+    assert (first["checked"], second["checked"]) == (True, False)
+    assert (first["computed"], second["computed"]) == (2, 2)
+    ds = store.open_store(out).load()
+    for var in ("loss", "window_nll", "qc_changed", "qc_fired"):
+        np.testing.assert_array_equal(ds[var].values[:4], serial[var].values[:4])
+    # another run's store laid out at that path: a later task (checks reused) still refuses it
+    shutil.rmtree(out)
+    other = prepare_inputs(loaded, ["news"], max_tokens=3000, context=32, stride=16, batch_size=8)
+    run_plan(loaded, plan, other[0], out, protocol=other[2], reference=other[1], progress=False, only=())
+    refused = run_batch(run, [4])
+    assert "checked" not in refused and "different setup" in str(refused["error"])
+    assert run_batch(_plan_run(loaded, plan, corpora, out, kw, topic="u"), [4])["error"]  # a new run checks anew
+    cluster._PREPARED.clear()
+
+
+def _same_study(a, b) -> None:
+    for name in sorted(p.name for p in a.glob("*.zarr")):
+        got, want = store.open_store(b / name).load(), store.open_store(a / name).load()
+        assert bool(got["complete"].all())
+        xr.testing.assert_equal(got.drop_vars("elapsed_s"), want.drop_vars("elapsed_s"))
+
+
+@pytest.mark.slow
+def test_a_study_on_two_workers_gives_the_serial_stores(client, tmp_path):
+    from workbench.study import StudySettings, run_study
+
+    corpus = tmp_path / "tale.txt"
+    corpus.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 12)
+    settings = StudySettings(models=["random:qwen2"], corpora=[str(corpus)], context=32, stride=16, tasks=[],
+                             seeds=2, grid=[1])
+    run_study(settings, tmp_path / "serial", log=lambda m: None, progress=False)
+    messages = []
+    address = client.scheduler.address
+    run_study(settings, tmp_path / "cluster", log=messages.append, progress=False,
+              cluster=Target(address=address, threads_per_worker=1))
+    assert sorted(p.name for p in (tmp_path / "cluster").glob("*.zarr")) == \
+        ["random_qwen2.compression.zarr", "random_qwen2.zarr"]
+    _same_study(tmp_path / "serial", tmp_path / "cluster")
+    assert sum(f"at {address}" in m for m in messages) == 2  # both stores through the one scheduler
+
+
+@pytest.mark.slow
+def test_diagnose_on_the_cluster_gives_the_serial_diagnostics(setup, client, tmp_path):
+    from workbench.cluster import diagnose_cluster
+    from workbench.diagnose import diagnose, open_activations, open_diagnostics
+
+    loaded, plan, corpora, kw, serial = setup
+    made = tmp_path / "made.zarr"
+    run_plan(loaded, plan, corpora, made, **kw)
+    paths = [tmp_path / f"{name}.zarr" for name in ("serial", "a", "b")]
+    for p in paths:
+        shutil.copytree(made, p)
+    options = dict(tokens=64, batch_size=3, map_methods=("pca",))
+    diagnose(paths[0], progress=False, **options)
+    done = diagnose_cluster(paths[1:], client=client, threads_per_worker=1, progress=False, **options)
+    assert sorted(r["store"] for r in done) == sorted(str(p) for p in paths[1:])
+    want_act, want = open_activations(paths[0]).load(), open_diagnostics(paths[0]).load()
+    for p in paths[1:]:
+        xr.testing.assert_equal(open_activations(p).load(), want_act)
+        xr.testing.assert_allclose(open_diagnostics(p).load().drop_attrs(), want.drop_attrs())
+
+
+@pytest.mark.parametrize("argv", [["run", "-m", "random:qwen2", "-c", "news", "--preset", "smoke", "-o", "x.zarr"],
+                                  ["study", "-o", "x", "--dry-run"], ["diagnose", "x.zarr"]],
+                         ids=["run", "study", "diagnose"])
+def test_run_study_and_diagnose_share_the_options(argv, capsys, monkeypatch, tmp_path):
+    from workbench import cli
+
+    monkeypatch.chdir(tmp_path)
+    for extra, message in ((["--workers", "2", "--cluster", "tcp://h:1"], "at most one of --cluster"),
+                           (["--threads-per-worker", "2"], "goes with --workers N or --cluster"),
+                           (["--workers", "0"], "--workers")):
+        monkeypatch.setattr("sys.argv", ["workbench", *argv, *extra])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before anything was written

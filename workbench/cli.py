@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from workbench.cluster_options import CLUSTER, THREADS_PER_WORKER, WORKERS, ClusterError, plan_runner, target
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ablate components of hybrid language models and measure what changes.")
 # Piped output (a file, a test) gets a wide console instead of rich's 80 columns.
@@ -34,7 +36,7 @@ def _user_errors():
     from workbench.tasks import TaskError
 
     return (UserError, UnsupportedArchitecture, CorpusError, InterventionError, ModelLoadError,
-            PlanError, StoreError, TaskError)
+            PlanError, StoreError, TaskError, ClusterError)
 
 
 def _load(model: str, device: str, dtype: str):
@@ -137,32 +139,25 @@ def run(
                                        "overrides a plan file's donor_seed)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
     diagnose: bool = typer.Option(False, "--diagnose", help="then cache activations and compute every "
-                                  "diagnostic (as `workbench diagnose STORE` with its defaults)"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="run the conditions on the workers of the "
-                                          "Dask scheduler at this address (tcp://host:8786; see docs/cluster.md)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="run the conditions on N local worker "
-                                          "processes (a Dask LocalCluster)"),
-    threads_per_worker: Optional[int] = typer.Option(None, help="torch threads of each cluster worker "
-                                                     "(default: its host's cores divided among its workers)"),
+                                  "diagnostic (as `workbench diagnose STORE` with its defaults; with "
+                                  "--workers/--cluster on a worker)"),
+    cluster: Optional[str] = CLUSTER,
+    workers: Optional[int] = WORKERS,
+    threads_per_worker: Optional[int] = THREADS_PER_WORKER,
 ):
     """Run a plan of ablation conditions and write perplexities into a store."""
     from workbench import plans
     from workbench.architectures import component_map
     from workbench.corpora import read_text
     from workbench.loading import DTYPES, check_device
-    from workbench.runner import RunError, prepare_inputs, run_plan
+    from workbench.runner import RunError, prepare_inputs
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
                    seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows, streams=streams)
     _check_protocol(protocol_name)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
-    if cluster is not None and workers is not None:
-        raise UserError("give at most one of --cluster ADDRESS or --workers N")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers} is invalid: give at least 1")
-    if threads_per_worker is not None and threads_per_worker < 1:
-        raise UserError(f"--threads-per-worker {threads_per_worker} is invalid: give at least 1")
+    where = target(cluster, workers, threads_per_worker)
     if mode not in plans.MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(plans.MODES)}")
     if prefix_token not in ("auto", "none", "bos"):
@@ -203,26 +198,22 @@ def run(
         err.print(message, markup=False, highlight=False)
 
     try:
-        if cluster is not None or workers is not None:
-            from workbench.cluster import ClusterError, run_plan_cluster
-
-            try:
-                ds = run_plan_cluster(loaded, resolved, corpora, out_path, address=cluster, n_workers=workers,
-                                      threads_per_worker=threads_per_worker, protocol=protocol, reference=ref,
-                                      device=device, dtype=dtype, donor_seed=spec.donor_seed, log=say)
-            except (ClusterError, OSError, TimeoutError) as exc:
-                raise UserError(f"cluster: {exc}") from None
-        else:
-            ds = run_plan(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
-                          dtype=dtype, donor_seed=spec.donor_seed, log=say, fast=fast, max_rows=max_rows)
+        with plan_runner(where, device) as run_one:  # run_plan, or run_plan_cluster on the cluster
+            ds = run_one(loaded, resolved, corpora, out_path, protocol=protocol, reference=ref, device=device,
+                         dtype=dtype, donor_seed=spec.donor_seed, log=say, fast=fast, max_rows=max_rows)
     except RunError as exc:
         raise UserError(str(exc)) from None
     n_done = int(ds["complete"].sum())
     err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
     if diagnose:
-        from workbench.diagnose import diagnose as run_diagnose
+        if where is None:
+            from workbench.diagnose import diagnose as run_diagnose
 
-        run_diagnose(out_path, progress=True)
+            run_diagnose(out_path, progress=True)
+        else:  # on a worker too (a GPU host, say): the store as one task
+            from workbench.cluster import diagnose_cluster
+
+            diagnose_cluster([out_path], **where.connect_kwargs(), log=say)
         err.print(f"diagnostics in {out_path} (workbench show {out_path} --diagnostics)", markup=False)
 
 
@@ -251,11 +242,15 @@ def study(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print conditions and forward tokens per model, run nothing"),
+    cluster: Optional[str] = CLUSTER,
+    workers: Optional[int] = WORKERS,
+    threads_per_worker: Optional[int] = THREADS_PER_WORKER,
 ):
     """The published study on any models, one store per model (see the README).
 
     Groups (component-only and whole-layer), layer sweeps, thirds, progressive removal, matched
-    random controls, tasks, and the compression curve."""
+    random controls, tasks, and the compression curve. With --workers/--cluster each store's
+    conditions run on the cluster (one client for the whole study)."""
     from workbench.corpora import builtin_corpora
     from workbench.loading import DTYPES, check_device
     from workbench.runner import RunError
@@ -264,6 +259,7 @@ def study(
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
                    seeds=seeds, seed=None, reference_tokens=None)
+    where = target(cluster, workers, threads_per_worker)
     if task_items is not None and task_items < 1:
         raise UserError(f"--task-items {task_items} is invalid: give at least 1")
     try:
@@ -287,7 +283,8 @@ def study(
     if not settings.models:
         raise UserError("--models is empty")
     try:
-        run_study(settings, out_dir, dry_run=dry_run, log=lambda m: err.print(m, markup=False, highlight=False))
+        run_study(settings, out_dir, dry_run=dry_run, log=lambda m: err.print(m, markup=False, highlight=False),
+                  cluster=where)
     except RunError as exc:
         raise UserError(str(exc)) from None
     if not dry_run:

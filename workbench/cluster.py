@@ -1,11 +1,20 @@
-"""Run a plan's conditions on a Dask cluster, into one shared store.
+"""Run a plan's conditions, or diagnose stores, on a Dask cluster, into shared stores.
 
-The client lays the store out (``run_plan(..., only=())``), splits the pending conditions into
-batches and submits one task per batch. A worker process loads its model once and keeps it; a
-task runs ``run_plan`` on the same store restricted to its batch, so every condition is written
+Plans: the client lays the store out (``run_plan(..., only=())``), splits the pending conditions
+into batches and submits one task per batch. A worker process loads its model once and keeps it;
+a task runs ``run_plan`` on the same store restricted to its batch, so every condition is written
 into its own region, and the claims (flocks beside the store) keep two processes off one
 condition. A worker that dies drops its claims with its process; the scheduler reruns its task
 on another worker, and the rerun skips what the dead one had already written.
+
+Per-task setup is paid once per worker and run: the first task of a run on a worker runs every
+check a serial run makes (load-time model check, provenance with the weights hash, resume check,
+store verification); its later tasks reuse that provenance (``run_plan(prepared=...)``), and the
+store is still checked against it.
+
+Diagnostics: one task per store (``diagnose_cluster``). The captures are a small part of
+``diagnose``; probe fits and the maps dominate, and they read the clean run's activations and
+every condition's points together, so a store is diagnosed whole, on one worker.
 """
 
 from __future__ import annotations
@@ -26,25 +35,27 @@ from typing import Callable
 import dask
 import torch
 from distributed import Client, KilledWorker, LocalCluster, as_completed, get_worker
+from distributed.comm.core import CommClosedError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from workbench import store
 from workbench.claims import Claims
+from workbench.cluster_options import ClusterError, fifo_priority
 from workbench.corpora import Corpus
 from workbench.loading import LoadedModel, load_model
 from workbench.plans import Plan
 from workbench.runner import Protocol, RunError, run_plan
 
 BATCHES_PER_WORKER = 4  # small enough to balance uneven conditions, large enough to amortise setup
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not finish the run (workers kept dying, or none could take the work)."""
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap
+# threshold: every large torch buffer is then mapped and unmapped afresh (CPU forwards ran 1.4x
+# to 3x slower here). Local clusters start without it; remote workers are told about it.
+MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
 @dataclass(frozen=True)
-class Job:
+class PlanRun:
     """Everything a worker needs to run batches of one plan (the model is loaded by name)."""
 
     spec: str
@@ -64,7 +75,13 @@ class Job:
     stride: int
     batch_size: int
     threads: dict  # host -> torch threads per worker process; "*" for every host
-    topic: str  # Dask event topic the workers report finished conditions on
+    topic: str  # Dask event topic the workers report finished conditions on; unique per run
+    fast: bool = True  # run_plan's fast path (prefix reuse, stacking) within each task
+    max_rows: int | None = None
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.spec, self.revision, self.seed, self.device, self.dtype)
 
 
 def _cpus() -> int:
@@ -80,60 +97,74 @@ def _host_cpus() -> tuple[str, int]:
 
 # The worker process's model, kept across tasks; one at a time (a new spec replaces it).
 _MODEL: dict[tuple, LoadedModel] = {}
+# The provenance a run's first task on this worker established: (model key, topic) -> attrs.
+_PREPARED: dict[tuple, dict] = {}
 # One task at a time per process: tasks share the model, and torch uses the cores itself.
 _RUN_LOCK = threading.Lock()
 _SUMMARY = re.compile(r"computed (\d+) condition\(s\) here, copied (\d+)")
 
 
-def _model(job: Job) -> LoadedModel:
-    key = (job.spec, job.revision, job.seed, job.device, job.dtype)
-    if key not in _MODEL:
+def _model(run: PlanRun) -> LoadedModel:
+    if run.model_key not in _MODEL:
         _MODEL.clear()
-        _MODEL[key] = load_model(job.spec, device=job.device, dtype=job.dtype, revision=job.revision,
-                                 seed=job.seed)
-    return _MODEL[key]
+        _PREPARED.clear()
+        _MODEL[run.model_key] = load_model(run.spec, device=run.device, dtype=run.dtype, revision=run.revision,
+                                           seed=run.seed)
+    return _MODEL[run.model_key]
 
 
-def run_batch(job: Job, batch: list[int]) -> dict:
-    """Worker task: compute the conditions ``batch`` of ``job`` into its store.
+def _worker_threads(threads: dict) -> int:
+    return int(threads.get("*") or threads.get(socket.gethostname()) or _cpus())
 
-    Returns what happened (``computed``/``copied`` here, ``done_before``: batch conditions already
-    complete when the task started, e.g. written by an earlier attempt whose worker died). Errors
-    that a rerun would repeat (a bad store, a non-finite baseline) come back as ``error`` instead
-    of being raised, so Dask's retries are spent only on the unexpected."""
-    start = time.perf_counter()
-    host = socket.gethostname()
-    torch.set_num_threads(int(job.threads.get("*") or job.threads.get(host) or _cpus()))
+
+def _reporter(topic: str):
+    """on_condition for a task: a Dask event per finished condition (the client's progress bar)."""
     try:
         worker = get_worker()
     except ValueError:  # called outside a worker (tests, debugging)
-        worker = None
+        return lambda index, condition: None
+    host, pid = socket.gethostname(), os.getpid()
+    return lambda index, condition: worker.log_event(topic, {"index": int(index), "host": host, "pid": pid})
 
-    def report(index, condition):
-        if worker is not None:
-            worker.log_event(job.topic, {"index": int(index), "host": host, "pid": os.getpid()})
 
+def run_batch(run: PlanRun, batch: list[int]) -> dict:
+    """Worker task: compute the conditions ``batch`` of ``run`` into its store.
+
+    Returns what happened (``computed``/``copied`` here, ``done_before``: batch conditions already
+    complete when the task started, e.g. written by an earlier attempt whose worker died;
+    ``checked``: whether this task ran the run's checks or reused them). Errors that a rerun
+    would repeat (a bad store, a non-finite baseline) come back as ``error`` instead of being
+    raised, so Dask's retries are spent only on the unexpected."""
+    start = time.perf_counter()
+    host = socket.gethostname()
+    torch.set_num_threads(_worker_threads(run.threads))
     messages: list[str] = []
     # the store's lazy (dask) reads run here: the cluster's own scheduler would queue them
     # behind this very task
     with _RUN_LOCK, dask.config.set(scheduler="synchronous"):
-        loaded = _model(job)
-        done = store.open_store(job.out)["complete"].values
-        base = [i for i, c in enumerate(job.plan.conditions) if c.kind == "baseline"]
+        loaded = _model(run)
+        done = store.open_store(run.out)["complete"].values
+        base = [i for i, c in enumerate(run.plan.conditions) if c.kind == "baseline"]
         done_before = sum(bool(done[i]) for i in batch if i not in base)
+        key = (run.model_key, run.topic)
+        prepared = _PREPARED.get(key)
         try:
-            run_plan(loaded, job.plan, job.corpora, job.out, protocol=job.protocol, reference=job.reference,
-                     device=job.device, dtype=job.dtype, donor_seed=job.donor_seed, progress=False,
-                     on_condition=report, log=messages.append, context=job.context, stride=job.stride,
-                     batch_size=job.batch_size, tasks=job.tasks, task_items=job.task_items, only=batch)
+            run_plan(loaded, run.plan, run.corpora, run.out, protocol=run.protocol, reference=run.reference,
+                     device=run.device, dtype=run.dtype, donor_seed=run.donor_seed, progress=False,
+                     on_condition=_reporter(run.topic), log=messages.append, context=run.context,
+                     stride=run.stride, batch_size=run.batch_size, tasks=run.tasks, task_items=run.task_items,
+                     only=batch, prepared=prepared, fast=run.fast, max_rows=run.max_rows)
         except (RunError, store.StoreError) as exc:
             return {"batch": batch, "error": exc, "host": host, "pid": os.getpid()}
+        if prepared is None:  # every check passed for this model and store: later tasks reuse them
+            _PREPARED.clear()  # one run's at a time (another run's tasks just check again)
+            _PREPARED[key] = dict(store.open_store(run.out).attrs)
     found = [_SUMMARY.search(m) for m in messages]
     counts = next((m for m in found if m), None)
     return {"batch": batch, "computed": int(counts[1]) if counts else None,
             "copied": int(counts[2]) if counts else None, "done_before": done_before,
-            "messages": [m for m in messages if not _SUMMARY.search(m)], "host": host, "pid": os.getpid(),
-            "seconds": time.perf_counter() - start}
+            "checked": prepared is None, "messages": [m for m in messages if not _SUMMARY.search(m)],
+            "host": host, "pid": os.getpid(), "seconds": time.perf_counter() - start}
 
 
 def batches(plan: Plan, pending: list[int], size: int) -> list[list[int]]:
@@ -186,9 +217,10 @@ def local_cluster(n_workers: int, *, threads_per_worker: int | None = None, devi
         raise ValueError(f"--workers {n_workers} is invalid: give at least 1")
     threads = threads_per_worker or max(1, _cpus() // n_workers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    n_gpus = torch.cuda.device_count() if device == "cuda" else 0
-    cluster = LocalCluster(n_workers=0 if n_gpus else n_workers, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=dashboard_address, env=env)
+    n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM}": None}):
+        cluster = LocalCluster(n_workers=0 if n_gpus else n_workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=dashboard_address, env=env)
     if n_gpus:
         from distributed import Nanny
 
@@ -207,7 +239,12 @@ def connect(address: str | None = None, n_workers: int | None = None, *, threads
     if (address is None) == (n_workers is None):
         raise ValueError("give exactly one of a scheduler address (--cluster) or a number of local workers (--workers)")
     if address is not None:
-        with Client(address, timeout="30s", set_as_default=False) as client:
+        try:
+            client = Client(address, timeout="30s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach a Dask scheduler at {address} ({exc}); start one with "
+                               "`dask scheduler` (see docs/cluster.md) or check the address") from None
+        with client:
             yield client
         return
     with local_cluster(n_workers, threads_per_worker=threads_per_worker, device=device,
@@ -217,6 +254,71 @@ def connect(address: str | None = None, n_workers: int | None = None, *, threads
         yield client
 
 
+@contextmanager
+def _client(address, n_workers, client, threads_per_worker, device):
+    """The given client, or one of the scheduler at ``address`` / a local cluster (closed after)."""
+    if sum(x is not None for x in (address, n_workers, client)) != 1:
+        raise ValueError("give exactly one of address, n_workers or client")
+    if client is not None:
+        yield client
+        return
+    with connect(address, n_workers, threads_per_worker=threads_per_worker, device=device) as own:
+        yield own
+
+
+def _workers(client: Client) -> dict:
+    workers = client.scheduler_info()["workers"]
+    if not workers:
+        client.wait_for_workers(1, timeout=120)
+        workers = client.scheduler_info()["workers"]
+    return workers
+
+
+def _malloc_trim() -> str | None:
+    return os.environ.get(MALLOC_TRIM)
+
+
+def slow_worker_note(client: Client) -> str | None:
+    """A line about workers started with Dask's malloc setting (slow torch on CPU), or None."""
+    slow = [addr for addr, value in client.run(_malloc_trim).items() if value is not None]
+    if not slow:
+        return None
+    return (f"{len(slow)} worker(s) run with {MALLOC_TRIM} set (Dask's nanny default), which slows torch on the "
+            "CPU; start them with it unset (docs/cluster.md, 'Worker settings')")
+
+
+def _gpu_resources(client: Client, device: str) -> dict | None:
+    """``GPU=1`` for CUDA work when some worker advertises GPUs (then only those take it)."""
+    gpu = device.startswith("cuda") and any("GPU" in w.get("resources", {}) for w in _workers(client).values())
+    return {"GPU": 1} if gpu else None
+
+
+def _results(futures, out) -> list:
+    """Each task's record as it finishes; a task's error (a record with ``error``) is raised."""
+    try:
+        for future in as_completed(futures, loop=futures[0].client.loop if futures else None):
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                raise ClusterError(f"workers kept dying while running a task ({exc}); what was written "
+                                   f"stays in {out}: rerun the same command to resume") from None
+            except CommClosedError as exc:
+                raise ClusterError(f"lost the connection to the scheduler ({exc}); what was written stays "
+                                   f"in {out}: rerun the same command to resume") from None
+            if "error" in result:
+                raise result["error"]
+            yield result
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _bar(progress: bool, label: str, total: int):
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not progress, console=Console(stderr=True))
+    return bar, bar.add_task(label, total=total)
+
+
 def run_plan_cluster(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | Path, *,
                      address: str | None = None, n_workers: int | None = None, client: Client | None = None,
                      threads_per_worker: int | None = None, batch: int | None = None, retries: int = 1,
@@ -224,7 +326,8 @@ def run_plan_cluster(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out
                      dtype: str = "float32", donor_seed: int | None = None, tasks: list | None = None,
                      task_items: int | None = None, context: int = 512, stride: int = 256, batch_size: int = 8,
                      progress: bool = True, log: Callable[[str], None] | None = None,
-                     on_batch: Callable[[dict], None] | None = None):
+                     on_batch: Callable[[dict], None] | None = None, fast: bool = True,
+                     max_rows: int | None = None):
     """``run_plan`` on a Dask cluster: the scheduler at ``address``, a local cluster of
     ``n_workers`` processes, or an open ``client``; returns the store.
 
@@ -235,49 +338,36 @@ def run_plan_cluster(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out
     finished task's record."""
     if sum(x is not None for x in (address, n_workers, client)) != 1:
         raise ValueError("give exactly one of address, n_workers or client")
-    with dask.config.set(scheduler="synchronous"):  # store reads stay in this process
-        return _run_plan_cluster(loaded, plan, corpora, out, address, n_workers, client, threads_per_worker,
-                                 batch, retries, progress, log, on_batch,
-                                 dict(protocol=protocol, reference=reference, device=device, dtype=dtype,
-                                      donor_seed=donor_seed, tasks=tasks, task_items=task_items,
-                                      context=context, stride=stride, batch_size=batch_size))
-
-
-def _run_plan_cluster(loaded, plan, corpora, out, address, n_workers, client, threads_per_worker, batch,
-                      retries, progress, log, on_batch, run_kw):
     say = log or (lambda msg: None)
     out = Path(out).absolute()
-    quiet = lambda m: None if _SUMMARY.search(m) else say(m)  # noqa: E731 (it computed nothing)
-    ds = run_plan(loaded, plan, corpora, out, progress=False, log=quiet, only=(), **run_kw)  # lay out, check
-    pending = store.pending(ds)
-    if not pending:
-        say("every condition is already complete")
-        return ds
-    if client is None:
-        with connect(address, n_workers, threads_per_worker=threads_per_worker, device=run_kw["device"]) as own:
-            return _run(own, loaded, plan, corpora, out, pending, run_kw, threads_per_worker, batch, retries,
+    run_kw = dict(protocol=protocol, reference=reference, device=device, dtype=dtype, donor_seed=donor_seed,
+                  tasks=tasks, task_items=task_items, context=context, stride=stride, batch_size=batch_size,
+                  fast=fast, max_rows=max_rows)
+    with dask.config.set(scheduler="synchronous"):  # store reads stay in this process
+        quiet = lambda m: None if _SUMMARY.search(m) else say(m)  # noqa: E731 (it computed nothing)
+        ds = run_plan(loaded, plan, corpora, out, progress=False, log=quiet, only=(), **run_kw)  # lay out, check
+        pending = store.pending(ds)
+        if not pending:
+            say("every condition is already complete")
+            return ds
+        with _client(address, n_workers, client, threads_per_worker, device) as cl:
+            return _run(cl, loaded, plan, corpora, out, pending, run_kw, threads_per_worker, batch, retries,
                         progress, say, on_batch)
-    return _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker, batch, retries,
-                progress, say, on_batch)
 
 
 def _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker, batch, retries, progress,
          say, on_batch):
-    workers = client.scheduler_info()["workers"]
-    if not workers:
-        client.wait_for_workers(1, timeout=120)
-        workers = client.scheduler_info()["workers"]
-    gpu = run_kw["device"].startswith("cuda") and any("GPU" in w.get("resources", {}) for w in workers.values())
+    workers = _workers(client)
     size = batch or max(1, math.ceil(len(pending) / (BATCHES_PER_WORKER * len(workers))))
     parts = batches(plan, pending, size)
-    job = Job(spec=loaded.spec, revision=loaded.revision, seed=int(loaded.info.get("seed", 0)), plan=plan,
-              corpora=corpora, out=str(out), threads=_threads(client, threads_per_worker),
-              topic=f"workbench-{uuid.uuid4().hex[:12]}", **run_kw)
+    run = PlanRun(spec=loaded.spec, revision=loaded.revision, seed=int(loaded.info.get("seed", 0)), plan=plan,
+                  corpora=corpora, out=str(out), threads=_threads(client, threads_per_worker),
+                  topic=f"workbench-{uuid.uuid4().hex[:12]}", **run_kw)
     say(f"{len(pending)} condition(s) in {len(parts)} task(s) on {len(workers)} worker(s) at "
         f"{client.scheduler.address}; {dashboard(client)}")
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   disable=not progress, console=Console(stderr=True))
-    task = bar.add_task("conditions (cluster)", total=len(pending))
+    if note := slow_worker_note(client):
+        say(note)
+    bar, task = _bar(progress, "conditions (cluster)", len(pending))
     seen: set[int] = set()
     wanted = set(pending)
     lock = threading.Lock()
@@ -289,22 +379,16 @@ def _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker
         if fresh:
             bar.advance(task, len(fresh))
 
-    client.subscribe_topic(job.topic, lambda event: mark([event[1]["index"]]))
+    client.subscribe_topic(run.topic, lambda event: mark([event[1]["index"]]))
     started = time.perf_counter()
-    futures = [client.submit(run_batch, job, part, key=f"workbench-batch-{k}-{job.topic}", pure=False,
-                             retries=retries, resources={"GPU": 1} if gpu else None)
+    resources, priority = _gpu_resources(client, run_kw["device"]), fifo_priority(time.time())
+    futures = [client.submit(run_batch, run, part, key=f"workbench-batch-{k}-{run.topic}", pure=False,
+                             retries=retries, resources=resources, priority=priority)
                for k, part in enumerate(parts)]
     computed = copied = 0
     try:
         with bar:
-            for future in as_completed(futures, loop=client.loop):
-                try:
-                    result = future.result()
-                except KilledWorker as exc:
-                    raise ClusterError(f"workers kept dying while running a task ({exc}); what was written "
-                                       f"stays in {out}: rerun the same command to resume") from None
-                if "error" in result:
-                    raise result["error"]
+            for result in _results(futures, out):
                 mark(result["batch"])
                 computed += result["computed"] or 0
                 copied += result["copied"] or 0
@@ -313,12 +397,62 @@ def _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker
                 if on_batch:
                     on_batch(result)
     finally:
-        for future in futures:
-            future.cancel()
-        client.unsubscribe_topic(job.topic)
+        client.unsubscribe_topic(run.topic)
     final = store.open_store(out)
     if bool(final["complete"].all()):
         Claims(out).remove()
     say(f"computed {computed} condition(s) on the cluster, copied {copied} identical edit(s), "
         f"in {time.perf_counter() - started:.1f} s")
     return final
+
+
+# -- diagnostics: one task per store ------------------------------------------------------------
+
+def diagnose_store(path: str, options: dict, threads: dict) -> dict:
+    """Worker task: ``diagnose(path, **options)``; a store that cannot be diagnosed comes back
+    as ``error`` (a rerun would repeat it)."""
+    from workbench.diagnose import diagnose
+
+    start = time.perf_counter()
+    torch.set_num_threads(_worker_threads(threads))
+    with _RUN_LOCK, dask.config.set(scheduler="synchronous"):
+        _MODEL.clear()  # diagnose loads the store's own model; do not hold two
+        _PREPARED.clear()
+        try:
+            diagnose(path, progress=False, **options)
+        except store.StoreError as exc:  # DiagnoseError included
+            return {"store": path, "error": exc}
+    return {"store": path, "host": socket.gethostname(), "pid": os.getpid(), "seconds": time.perf_counter() - start}
+
+
+def diagnose_cluster(stores: list[str | Path], *, address: str | None = None, n_workers: int | None = None,
+                     client: Client | None = None, threads_per_worker: int | None = None, retries: int = 1,
+                     progress: bool = True, log: Callable[[str], None] | None = None, **options) -> list[dict]:
+    """``diagnose`` of each store on a Dask cluster, one task per store (see the module
+    docstring for why a store is not split); ``options`` are ``diagnose``'s. Workers must see
+    the stores at the same paths. Returns each task's record."""
+    say = log or (lambda msg: None)
+    paths = list(dict.fromkeys(str(Path(s).absolute()) for s in stores))
+    devices = {}
+    for p in paths:  # a missing or foreign store fails here, before anything is submitted
+        devices[p] = options.get("device") or store.open_store(p).attrs.get("device", "cpu")
+    device = next(iter(devices.values()), "cpu")
+    with _client(address, n_workers, client, threads_per_worker, device) as cl:
+        workers = _workers(cl)
+        threads = _threads(cl, threads_per_worker)
+        say(f"{len(paths)} store(s) to diagnose, one task each, on {len(workers)} worker(s) at "
+            f"{cl.scheduler.address}; {dashboard(cl)}")
+        if note := slow_worker_note(cl):
+            say(note)
+        tag, priority = uuid.uuid4().hex[:12], fifo_priority(time.time())
+        futures = [cl.submit(diagnose_store, p, options, threads, key=f"workbench-diagnose-{k}-{tag}", pure=False,
+                             retries=retries, resources=_gpu_resources(cl, devices[p]), priority=priority)
+                   for k, p in enumerate(paths)]
+        bar, task = _bar(progress, "stores diagnosed (cluster)", len(paths))
+        done = []
+        with bar:
+            for result in _results(futures, ", ".join(paths)):
+                bar.advance(task)
+                say(f"diagnosed {result['store']} on {result['host']} in {result['seconds']:.0f} s")
+                done.append(result)
+    return done

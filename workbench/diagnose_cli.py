@@ -1,7 +1,8 @@
-"""``workbench diagnose STORE``: cache activations into a run store and compute diagnostics.
+"""``workbench diagnose STORE...``: cache activations into run stores and compute diagnostics.
 
 Mounted by ``workbench.cli`` (``app.command("diagnose")(diagnose_cmd)``); kept apart so the
-command's options live beside the code they drive.
+command's options live beside the code they drive. With ``--workers N`` or ``--cluster ADDRESS``
+each store is one task on the cluster (``workbench.cluster.diagnose_cluster``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import Optional
 
 import typer
 
+from workbench.cluster_options import CLUSTER, THREADS_PER_WORKER, WORKERS, target
 from workbench.diagnose import DIAGNOSTICS, DiagnoseError, diagnose, diagnostics_summary
 
 
 def diagnose_cmd(
-    store: Path = typer.Argument(..., help="a run store made by `workbench run`"),
+    stores: list[Path] = typer.Argument(..., help="run stores made by `workbench run` (each diagnosed whole)"),
     tokens: int = typer.Option(2048, help="token positions to sample (from windows of the store's context)"),
     corpus: Optional[str] = typer.Option(None, help="corpus of the store to sample (default: its first)"),
     diagnostics: str = typer.Option(",".join(DIAGNOSTICS), help="comma-separated: " + ", ".join(DIAGNOSTICS)
@@ -30,8 +32,14 @@ def diagnose_cmd(
     probe_layers: str = typer.Option("middle", help="middle | all: layers ablated runs are probed at"),
     device: Optional[str] = typer.Option(None, help="default: the store's device"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a cache of another sample"),
+    cluster: Optional[str] = CLUSTER,
+    workers: Optional[int] = WORKERS,
+    threads_per_worker: Optional[int] = THREADS_PER_WORKER,
 ):
-    """Cache activations of STORE's conditions into it and write representation diagnostics."""
+    """Cache activations of each STORE's conditions into it and write representation diagnostics.
+
+    With --workers/--cluster every store is one task on a cluster worker (stores in parallel)."""
+    where = target(cluster, workers, threads_per_worker)
     if tokens < 8:
         raise DiagnoseError(f"--tokens {tokens} is invalid: give at least 8")
     if batch_size < 1:
@@ -40,9 +48,18 @@ def diagnose_cmd(
     if set(methods) - {"pca", "umap"}:
         raise DiagnoseError(f"--map-methods {map_methods!r} is invalid; valid: pca, umap")
     wanted = tuple(d.strip() for d in diagnostics.split(",") if d.strip())
-    diagnose(store, tokens=tokens, corpus=corpus, diagnostics=wanted, batch_size=batch_size, seed=seed,
-             windows=windows, max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=methods,
-             probe_layers=probe_layers, device=device, overwrite=overwrite, progress=True)
+    options = dict(tokens=tokens, corpus=corpus, diagnostics=wanted, batch_size=batch_size, seed=seed,
+                   windows=windows, max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=methods,
+                   probe_layers=probe_layers, device=device, overwrite=overwrite)
+    if where is None:
+        for store in stores:
+            diagnose(store, progress=True, **options)
+    else:
+        from workbench.cluster import diagnose_cluster
+
+        diagnose_cluster(stores, **where.connect_kwargs(), log=lambda m: typer.echo(m, err=True), **options)
     if wanted:
-        frame = diagnostics_summary(store)
-        typer.echo(frame.to_string(index=False))
+        for store in stores:
+            if len(stores) > 1:
+                typer.echo(f"\n{store}:")
+            typer.echo(diagnostics_summary(store).to_string(index=False))

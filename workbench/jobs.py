@@ -14,6 +14,16 @@ SIGINT to that process group: the workbench exits 130 and its store stays resuma
 Two jobs never write the same store: a job whose output is already the output of a queued or
 running job is refused.
 
+Through a Dask scheduler (``submit(..., scheduler=ADDRESS)``; the app started with ``--cluster``):
+each job is one task ``run_job(RUNS, ID)``, kept by the scheduler with ``fire_and_forget`` (it
+runs whether or not the app is open), needing the resource ``GPU=1`` (a CUDA job) or ``CPU=1``
+(any other), so a worker that advertises ``GPU=1`` never runs two GPU jobs at once. The
+scheduler takes tasks in submission order (older first, whoever submitted them). The task runs
+the same command on the worker's host and writes state, log and exit status into the job file,
+so the queue folder must be on storage every worker sees at the same path. Cancelling a queued
+job cancels its task; a running one is interrupted by the task itself, which watches the job
+file for the cancel request (the job may run on another host).
+
     python -m workbench.jobs runner RUNS [--device cpu]   (what ensure_runner starts)
 """
 
@@ -27,10 +37,13 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from workbench.cluster_options import fifo_priority
 
 JOBS = ".jobs"
 COMMANDS = ("run", "study", "diagnose")
@@ -38,6 +51,8 @@ ACTIVE = ("queued", "running")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 PROGRAM = ("-m", "workbench.cli")  # what `python` runs with a job's argv
 POLL_S = 0.25
+CLUSTER_ENV = "WORKBENCH_CLUSTER"  # the scheduler the app sends jobs to (set by `workbench app --cluster`)
+FAN_OUT = ("--workers", "--cluster")  # options a job sent to a scheduler may not carry
 
 
 class JobError(ValueError):
@@ -61,10 +76,22 @@ class Job:
     log: str = ""
     note: str = ""
     program: list[str] = dataclasses.field(default_factory=lambda: list(PROGRAM))
+    scheduler: str = ""  # the Dask scheduler that runs it; "" for this machine's runner
+    host: str = ""  # where it runs (jobs sent to a scheduler)
 
     @property
     def command(self) -> str:
         return "workbench " + shlex.join(self.argv)
+
+    @property
+    def task_key(self) -> str:
+        """Its task's key on the scheduler: submitting it twice runs it once."""
+        return f"workbench-job-{self.id}"
+
+    @property
+    def resources(self) -> dict:
+        """What its task holds on a worker: one GPU, or one CPU job slot."""
+        return {"GPU": 1} if self.device.startswith("cuda") else {"CPU": 1}
 
 
 # -- the folder and its lock ---------------------------------------------------------------
@@ -132,10 +159,13 @@ def output_of(argv: list[str], runs) -> Path:
         rest = [a for a in argv[1:] if not a.startswith("-")]
         flags_with_values = {_option(argv, f) for f in ("--tokens", "--corpus", "--diagnostics", "--batch-size",
                                                         "--seed", "--windows", "--max-diag-tokens", "--map-layer",
-                                                        "--map-methods", "--probe-layers", "--device")}
+                                                        "--map-methods", "--probe-layers", "--device",
+                                                        "--cluster", "--workers", "--threads-per-worker")}
         stores = [a for a in rest if a not in flags_with_values]
         if not stores:
             raise JobError("diagnose needs the STORE to diagnose")
+        if len(stores) > 1:
+            raise JobError(f"a diagnose job takes one STORE (got {', '.join(stores)}); launch one job per store")
         out = stores[0]
     else:
         out = _option(argv, "--out", "-o")
@@ -145,15 +175,31 @@ def output_of(argv: list[str], runs) -> Path:
     return (path if path.is_absolute() else Path(runs).expanduser().resolve() / path).resolve()
 
 
-def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, program=None) -> Job:
-    """Queue ``workbench ARGV`` in the runs folder; start the device's runner unless one runs.
+def _device(argv: list[str], out: Path) -> str:
+    """The job's device: its ``--device``, else (diagnose) the device its store was run on."""
+    given = _option(argv, "--device")
+    if given or argv[0] != "diagnose":
+        return given or "cpu"
+    with contextlib.suppress(OSError, ValueError):
+        return str(json.loads((out / ".zattrs").read_text()).get("device") or "cpu")
+    return "cpu"
+
+
+def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, program=None,
+           scheduler: str | None = None) -> Job:
+    """Queue ``workbench ARGV`` in the runs folder; start the device's runner unless one runs,
+    or, with ``scheduler`` (a Dask scheduler's address), send it there as a task.
 
     Refused: a command other than run/study/diagnose, and an output that a queued or running
-    job already writes (two processes would write one store). ``program``: what ``python``
-    runs with ARGV (the workbench CLI; tests put a stand-in script there)."""
+    job already writes (two processes would write one store); with a scheduler also a command
+    that would fan out itself (``--workers``/``--cluster``). ``program``: what ``python`` runs
+    with ARGV (the workbench CLI; tests put a stand-in script there)."""
     argv = [str(a) for a in argv]
     out = output_of(argv, runs)
-    device = _option(argv, "--device") or "cpu"
+    device = _device(argv, out)
+    if scheduler and any(a in FAN_OUT or a.split("=", 1)[0] in FAN_OUT for a in argv):
+        raise JobError("a job sent to the scheduler runs as one task on one worker; drop --workers/--cluster "
+                       "(run such a command from a shell instead)")
     with _locked(runs) as folder:
         for other in list_jobs(runs):
             if other.state in ACTIVE and Path(other.out) == out:
@@ -163,11 +209,68 @@ def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, progra
                 raise JobError(f"{out} overlaps the output {other.out} of job {other.id} ({other.state})")
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         job = Job(id=job_id, argv=argv, out=str(out), device=device, owner=owner, created=time.time(),
-                  log=str(folder / f"{job_id}.log"), program=list(program or PROGRAM))
+                  log=str(folder / f"{job_id}.log"), program=list(program or PROGRAM), scheduler=scheduler or "")
         _write(runs, job)
-    if start:
+    if scheduler:
+        send(runs, job)
+    elif start:
         ensure_runner(runs, device)
     return job
+
+
+def scheduler_client(address: str):
+    """A client of the Dask scheduler at ``address`` (a JobError when out of reach)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise JobError(f"cannot reach the Dask scheduler at {address} ({exc}); is it running?") from None
+
+
+def _send(runs, client, job: Job) -> None:
+    from distributed import fire_and_forget
+
+    fire_and_forget(client.submit(run_job, str(jobs_dir(runs).parent), job.id, key=job.task_key, pure=False,
+                                  resources=job.resources, priority=fifo_priority(job.created)))
+    kind = next(iter(job.resources))
+    if not any(w.get("resources", {}).get(kind) for w in client.scheduler_info()["workers"].values()):
+        with _locked(runs):
+            now = read_job(runs, job.id)
+            if now.state == "queued":
+                now.note = f"waiting for a worker that advertises {kind}=1 (none has joined yet)"
+                _write(runs, now)
+
+
+def send(runs, job: Job) -> None:
+    """Give a queued job to its scheduler as a task; a scheduler out of reach fails the job."""
+    try:
+        with scheduler_client(job.scheduler) as client:
+            _send(runs, client, job)
+    except JobError as exc:
+        with _locked(runs):
+            now = read_job(runs, job.id)
+            if now.state == "queued":
+                now.state, now.ended, now.note = "failed", time.time(), str(exc)
+                _write(runs, now)
+        raise
+
+
+def send_queued(runs) -> list[str]:
+    """On app start: send every queued job to its scheduler again (one that restarted lost them;
+    a task the scheduler still has is not doubled); the ids sent. A scheduler out of reach
+    leaves its jobs queued."""
+    waiting: dict[str, list[Job]] = {}
+    for job in list_jobs(runs):
+        if job.scheduler and job.state == "queued":
+            waiting.setdefault(job.scheduler, []).append(job)
+    sent = []
+    for address, queued in waiting.items():
+        with contextlib.suppress(JobError), scheduler_client(address) as client:
+            for job in queued:
+                _send(runs, client, job)
+                sent.append(job.id)
+    return sent
 
 
 def cancel(runs, job_id: str) -> Job:
@@ -180,12 +283,37 @@ def cancel(runs, job_id: str) -> Job:
         elif job.state == "running":
             job.cancel_requested = True
             _write(runs, job)
-            if job.pid:
+            if job.pid and not job.scheduler:  # a scheduler's job: its task sees the request
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(job.pid, signal.SIGINT)
         else:
             raise JobError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+    if job.scheduler and job.state == "cancelled":  # drop its task (if it starts first, it sees the state)
+        with contextlib.suppress(JobError, OSError, TimeoutError):
+            from distributed import Future
+
+            with scheduler_client(job.scheduler) as client:
+                client.cancel([Future(job.task_key, client)], force=True)
     return job
+
+
+def run_job(runs, job_id: str) -> int | None:
+    """Dask task: run a queued job on this worker; its exit status (None: cancelled before).
+
+    A job found running is a rerun after its worker died: its command starts again (stores
+    resume)."""
+    with _locked(runs):
+        job = read_job(runs, job_id)
+        if job.state not in ACTIVE:
+            return None
+        if job.cancel_requested:  # cancelled while its first worker ran it
+            job.state, job.ended, job.note = "cancelled", time.time(), "cancelled; rerun the same command to resume"
+            _write(runs, job)
+            return None
+        job.note = f"started again: the worker on {job.host} stopped" if job.state == "running" else ""
+        job.state, job.started, job.host = "running", time.time(), socket.gethostname()
+        _write(runs, job)
+    return exec_job(runs, job_id, watch=True)
 
 
 # -- the runner ---------------------------------------------------------------------------------
@@ -211,10 +339,17 @@ def runner_alive(runs, device: str = "cpu") -> bool:
 
 
 def _env() -> dict:
-    """The environment of runner and jobs: this checkout's code first on the path."""
+    """The environment of runner and jobs: this checkout's code first on the path, without the
+    malloc setting a Dask worker may have been started with (it slows torch on the CPU)."""
     root = str(Path(__file__).resolve().parents[1])
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    return {**env, "PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1"}
+
+
+def _local(job: Job, device: str) -> bool:
+    """A job of this machine's runner for ``device`` (not one sent to a scheduler)."""
+    return job.device == device and not job.scheduler
 
 
 def ensure_runner(runs, device: str = "cpu") -> int | None:
@@ -222,7 +357,7 @@ def ensure_runner(runs, device: str = "cpu") -> int | None:
 
     The device's lock is taken here and handed to the runner (an inherited descriptor), so two
     callers at once never start two runners."""
-    waiting = [j for j in list_jobs(runs) if j.device == device and j.state in ACTIVE]
+    waiting = [j for j in list_jobs(runs) if _local(j, device) and j.state in ACTIVE]
     if not waiting:
         return None
     path = _runner_lock(runs, device)
@@ -244,7 +379,7 @@ def ensure_runner(runs, device: str = "cpu") -> int | None:
 
 def ensure_runners(runs) -> list[int]:
     """On app start: a runner for each device with waiting jobs (one that died is restarted)."""
-    devices = sorted({j.device for j in list_jobs(runs) if j.state in ACTIVE})
+    devices = sorted({j.device for j in list_jobs(runs) if j.state in ACTIVE and not j.scheduler})
     return [pid for d in devices if (pid := ensure_runner(runs, d))]
 
 
@@ -266,7 +401,7 @@ def _alive(pid: int | None) -> bool:
 def _take_next(runs, device: str) -> Job | None:
     with _locked(runs):
         for job in list_jobs(runs):
-            if job.device == device and job.state == "queued":
+            if _local(job, device) and job.state == "queued":
                 job.state, job.started = "running", time.time()
                 _write(runs, job)
                 return job
@@ -277,7 +412,7 @@ def _finish_orphans(runs, device: str) -> None:
     """Jobs marked running that no live process holds (the machine rebooted, say) are failed."""
     with _locked(runs):
         for job in list_jobs(runs):
-            if job.device == device and job.state == "running" and not _alive(job.pid):
+            if _local(job, device) and job.state == "running" and not _alive(job.pid):
                 job.state, job.ended = "failed", time.time()
                 job.note = "ended while no runner watched it; rerun the same command to resume its store"
                 _write(runs, job)
@@ -297,7 +432,7 @@ def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | Non
                 return  # another runner has this device
         # a job still running from an earlier runner (its own session) is waited for, not doubled
         for job in list_jobs(runs):
-            if job.device == device and job.state == "running":
+            if _local(job, device) and job.state == "running":
                 while _alive(job.pid):
                     time.sleep(POLL_S)
         _finish_orphans(runs, device)
@@ -307,7 +442,7 @@ def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | Non
             if job is None:
                 if time.monotonic() - idle_since > idle_s:
                     with _locked(runs):  # decide and let go under the queue lock: no job is left behind
-                        if not any(j.device == device and j.state == "queued" for j in list_jobs(runs)):
+                        if not any(_local(j, device) and j.state == "queued" for j in list_jobs(runs)):
                             fcntl.flock(lock, fcntl.LOCK_UN)
                             return
                 time.sleep(POLL_S)
@@ -333,24 +468,40 @@ def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | Non
             idle_since = time.monotonic()
 
 
-def exec_job(runs, job_id: str) -> int:
-    """Run one job's command (in this process group), log its output, record how it ended."""
+def _wait(child: subprocess.Popen, runs, job_id: str, watch: bool) -> int:
+    """The child's exit status; with ``watch``, a cancel request in the job file interrupts it."""
+    interrupted = False
+    while True:
+        try:
+            return child.wait(timeout=POLL_S if watch else None)
+        except subprocess.TimeoutExpired:
+            if not interrupted and read_job(runs, job_id).cancel_requested:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGINT)
+                interrupted = True
+        except InterruptedError:
+            continue
+
+
+def exec_job(runs, job_id: str, *, watch: bool = False) -> int:
+    """Run one job's command, log its output, record how it ended.
+
+    By default the command runs in this process group (the runner's wrapper, which cancel()
+    signals). ``watch`` (a scheduler's task): in a group of its own, recorded as the job's pid,
+    interrupted when the job file asks for a cancel."""
     job = read_job(runs, job_id)
-    # SIGINT is meant for the workbench child (a cancel); a handler (not SIG_IGN, which the child
-    # would inherit) keeps this wrapper alive to record the child's status.
-    signal.signal(signal.SIGINT, lambda *_: None)
     with open(job.log, "ab") as log:
         log.write(f"$ {job.command}\n".encode())
         log.flush()
         child = subprocess.Popen([sys.executable, *job.program, *job.argv], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                                 cwd=str(jobs_dir(runs).parent))
-        while True:
-            try:
-                rc = child.wait()
-                break
-            except InterruptedError:
-                continue
+                                 cwd=str(jobs_dir(runs).parent), start_new_session=watch)
+        if watch:
+            with _locked(runs):
+                now = read_job(runs, job_id)
+                now.pid = child.pid
+                _write(runs, now)
+        rc = _wait(child, runs, job_id, watch)
         log.write(f"\n[exit status {rc}]\n".encode())
     with _locked(runs):
         now = read_job(runs, job_id)
@@ -413,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "runner":
         run_queue(args.runs, args.device, lock_fd=args.lock_fd)
         return 0
+    # SIGINT is meant for the workbench child (a cancel); a handler (not SIG_IGN, which the child
+    # would inherit) keeps this wrapper alive to record the child's status.
+    signal.signal(signal.SIGINT, lambda *_: None)
     return exec_job(args.runs, args.job)
 
 

@@ -423,8 +423,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              on_condition: Callable[[int, Condition], None] | None = None,
              log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
              batch_size: int = 8, tasks: list | None = None, task_items: int | None = None,
-             only: Collection[int] | None = None, fast: bool = True, max_rows: int | None = None,
-             group_size: int = GROUP_SIZE):
+             only: Collection[int] | None = None, prepared: dict | None = None, fast: bool = True,
+             max_rows: int | None = None, group_size: int = GROUP_SIZE):
     """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
 
     ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
@@ -434,7 +434,10 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     (all by default). Several processes may run the same plan into one store: they share the
     conditions. ``only``: compute just these condition indices (and the baseline while it is
     pending, since every other condition's QC compares with it); ``only=()`` lays the store out
-    and computes nothing.
+    and computes nothing. ``prepared``: the store's provenance from a caller that has already run
+    every check of this run on ``loaded`` (load-time model check, provenance, resume check, store
+    verification), e.g. a cluster worker's later tasks; the model check and verification are skipped
+    and the store is checked against it.
 
     ``fast`` (default) computes up to ``group_size`` conditions together: one clean pass per
     batch, each condition resuming after the clean layers before its first edit, conditions
@@ -463,12 +466,14 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              "sha256": k.sha256, "window_tokens": [w.n_scored for w in windows[k.name]]} for k in corpora]
     task_items_list, task_template, task_key = _prepare_tasks(tasks, task_items)
     iv = Intervener(loaded.model)
-    model_check = check_model(iv)
-    require_ok(model_check, loaded.spec)
-    attrs = provenance(loaded, device=device, dtype=dtype, protocol=protocol, corpora=corpora,
-                       donor_seed=donor_seed, model_check=model_check, tasks=task_key)
+    attrs = prepared
+    if attrs is None:
+        model_check = check_model(iv)
+        require_ok(model_check, loaded.spec)
+        attrs = provenance(loaded, device=device, dtype=dtype, protocol=protocol, corpora=corpora,
+                           donor_seed=donor_seed, model_check=model_check, tasks=task_key)
     ds = store.create_or_resume(out, plan, meta, attrs, task_template)
-    damaged = store.verify(ds)
+    damaged = store.verify(ds) if prepared is None else {}
     if damaged:
         names = [str(ds.condition.values[i]) for i in damaged if i >= 0]
         say(f"{len(damaged)} complete condition(s) failed verification and will be recomputed: "

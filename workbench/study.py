@@ -165,12 +165,16 @@ def forward_tokens(corpora, protocol, task_tokens: int = 0) -> int:
 
 
 def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = False, log=print,
-              progress: bool = True) -> list[ModelPlan]:
-    """Run (or resume) the study into ``out_dir``; returns what ran per model."""
+              progress: bool = True, cluster=None) -> list[ModelPlan]:
+    """Run (or resume) the study into ``out_dir``; returns what ran per model.
+
+    ``cluster``: a ``workbench.cluster_options.Target``; each store's conditions then run on that
+    cluster, through one client for the whole study."""
     from workbench.architectures import component_map
+    from workbench.cluster_options import plan_runner
     from workbench.corpora import read_text
     from workbench.loading import load_model
-    from workbench.runner import prepare_inputs, run_plan
+    from workbench.runner import prepare_inputs
     from workbench.tasks import get_tasks
 
     out_dir = Path(out_dir)
@@ -184,32 +188,33 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
     sizes = set().union(*(group_sizes(c) for c in loaded_maps.values()))
     task_tokens_cache = {}
     done = []
-    for model in settings.models:
-        cmap = loaded_maps[model]
-        plan = study_plan(cmap, sizes, settings.seeds, settings.grid)
-        lm = load_model(model, device=settings.device, dtype=settings.dtype)
-        corpora, ref, protocol = prepare_inputs(
-            lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
-            context=settings.context, stride=settings.stride, batch_size=settings.batch_size)
-        if model not in task_tokens_cache:
-            task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
-        per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
-        store = out_dir / f"{slug(model)}.zarr"
-        done.append(ModelPlan(model, store, plan, per_condition))
-        log(f"{model}: {len(plan.conditions)} conditions x {per_condition:,} forward tokens "
-            f"= {len(plan.conditions) * per_condition:,} (+ compression curve: up to "
-            f"{2 * (2 * cmap.n_layers + len(cmap.components))} conditions, perplexity only) -> {store}")
-        if dry_run:
-            continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "study.json").write_text(settings.to_json())
-        ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
-                      dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
-                      progress=progress, log=log)
-        comp = compression_plan(ds, cmap)
-        run_plan(lm, comp, corpora, out_dir / f"{slug(model)}.compression.zarr", protocol=protocol, reference=ref,
-                 device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log)
-        del lm
+    with plan_runner(None if dry_run else cluster, settings.device) as run_plan:
+        for model in settings.models:
+            cmap = loaded_maps[model]
+            plan = study_plan(cmap, sizes, settings.seeds, settings.grid)
+            lm = load_model(model, device=settings.device, dtype=settings.dtype)
+            corpora, ref, protocol = prepare_inputs(
+                lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
+                context=settings.context, stride=settings.stride, batch_size=settings.batch_size)
+            if model not in task_tokens_cache:
+                task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
+            per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
+            store = out_dir / f"{slug(model)}.zarr"
+            done.append(ModelPlan(model, store, plan, per_condition))
+            log(f"{model}: {len(plan.conditions)} conditions x {per_condition:,} forward tokens "
+                f"= {len(plan.conditions) * per_condition:,} (+ compression curve: up to "
+                f"{2 * (2 * cmap.n_layers + len(cmap.components))} conditions, perplexity only) -> {store}")
+            if dry_run:
+                continue
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "study.json").write_text(settings.to_json())
+            ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
+                          dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
+                          progress=progress, log=log)
+            comp = compression_plan(ds, cmap)
+            run_plan(lm, comp, corpora, out_dir / f"{slug(model)}.compression.zarr", protocol=protocol, reference=ref,
+                     device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log)
+            del lm
     return done
 
 
