@@ -91,6 +91,18 @@ def _check_numbers(**values) -> None:
         raise UserError(f"--stride {stride} is invalid: give 1 to --context ({context}) tokens")
 
 
+# speed and protocol options shared by run and study
+FAST = typer.Option(True, "--fast/--no-fast", help="share the clean layers before each condition's first edit and "
+                    "stack conditions (--no-fast: each condition alone from the embeddings; same numbers up to "
+                    "float rounding)")
+MAX_ROWS = typer.Option(None, "--max-rows", help="most rows (conditions x windows) in one forward (default: one "
+                        "batch on a CPU, a quarter of free GPU memory)")
+PROTOCOL = typer.Option("rolling", "--protocol", help="rolling: overlapping windows of --context every --stride "
+                        "tokens; carry: chunks of --stride tokens with the model's state carried (each token "
+                        "computed once; see docs/protocols.md)")
+STREAMS = typer.Option(1, "--streams", help="carry: contiguous segments of each corpus scored side by side")
+
+
 def _protocol_text(proto: dict) -> str:
     if proto.get("scoring", "rolling") == "carry":
         return (f"carry protocol: chunks of {proto['stride']} with the state carried, attention over at most "
@@ -117,15 +129,10 @@ def run(
     context: int = typer.Option(512, help="tokens per window (the prefix token included)"),
     stride: int = typer.Option(256, help="window step; each token is scored once"),
     batch_size: int = typer.Option(8, help="windows per forward (changes results only at float rounding)"),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="share the clean layers before each condition's "
-                              "first edit and stack conditions (--no-fast: each condition alone from the "
-                              "embeddings; same numbers up to float rounding)"),
-    max_rows: Optional[int] = typer.Option(None, help="most rows (conditions x windows) in one forward "
-                                           "(default: one batch on a CPU, a quarter of free GPU memory)"),
-    protocol_name: str = typer.Option("rolling", "--protocol", help="rolling: overlapping windows of --context "
-                                      "every --stride tokens; carry: chunks of --stride tokens with the model's "
-                                      "state carried (each token computed once; see docs/protocols.md)"),
-    streams: int = typer.Option(1, help="carry: contiguous segments of each corpus scored side by side"),
+    fast: bool = FAST,
+    max_rows: Optional[int] = MAX_ROWS,
+    protocol_name: str = PROTOCOL,
+    streams: int = STREAMS,
     max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
     prefix_token: str = typer.Option("auto", help="auto | none | bos: token each window starts with "
                                      "(auto: BOS where the tokenizer adds one or the family expects it)"),
@@ -242,6 +249,10 @@ def study(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print conditions and forward tokens per model, run nothing"),
+    fast: bool = FAST,
+    max_rows: Optional[int] = MAX_ROWS,
+    protocol_name: str = PROTOCOL,
+    streams: int = STREAMS,
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -258,7 +269,8 @@ def study(
     from workbench.tasks import get_tasks
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
-                   seeds=seeds, seed=None, reference_tokens=None)
+                   seeds=seeds, seed=None, reference_tokens=None, max_rows=max_rows, streams=streams)
+    _check_protocol(protocol_name)
     where = target(cluster, workers, threads_per_worker)
     if task_items is not None and task_items < 1:
         raise UserError(f"--task-items {task_items} is invalid: give at least 1")
@@ -279,7 +291,8 @@ def study(
     settings = StudySettings(models=_csv(models), corpora=list(corpus or builtin_corpora()), max_tokens=max_tokens,
                              context=context, stride=stride, batch_size=batch_size, tasks=task_names,
                              task_items=task_items, seeds=seeds, grid=grid_sizes, prefix_token=prefix_token,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, scoring=protocol_name, streams=streams, fast=fast,
+                             max_rows=max_rows)
     if not settings.models:
         raise UserError("--models is empty")
     try:

@@ -101,14 +101,12 @@ class SharedPrefix:
         return ran / naive if naive else 1.0
 
     def stacks(self, rows: int) -> list[Stack]:
-        """Conditions grouped by start layer, each stack at most ``max_rows`` rows of ``rows``."""
+        """Conditions in forwards of at most ``max_rows`` rows of ``rows``, ordered by start layer;
+        a stack resumes at its earliest member's start (a later member recomputes a few clean
+        layers: fewer, larger forwards pay where a forward's fixed cost dominates, on a GPU)."""
         per = max(1, (self.max_rows or rows) // rows)
-        out: list[Stack] = []
-        for start in sorted({s for s in self.start if s >= 0}):
-            members = [k for k, s in enumerate(self.start) if s == start]
-            for i in range(0, len(members), per):
-                out.append(Stack(start, members[i:i + per]))
-        return out
+        order = sorted((k for k, s in enumerate(self.start) if s >= 0), key=lambda k: (self.start[k], k))
+        return [Stack(self.start[order[i]], order[i:i + per]) for i in range(0, len(order), per)]
 
     @torch.no_grad()
     def run(self, ids: torch.Tensor, inputs: list[dict], keep: int = 0,

@@ -50,6 +50,10 @@ class StudySettings:
     prefix_token: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"
+    scoring: str = "rolling"  # perplexity protocol: rolling | carry (one for every model and condition)
+    streams: int = 1
+    fast: bool = True  # prefix reuse and stacking (same numbers as the naive loop)
+    max_rows: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -153,15 +157,8 @@ class ModelPlan:
 
 
 def forward_tokens(corpora, protocol, task_tokens: int = 0) -> int:
-    """Tokens one condition pushes through the model (window inputs, overlaps included)."""
-    from workbench.evaluate.perplexity import rolling_windows
-
-    prefix = protocol.prefix_id is not None
-    total = 0
-    for k in corpora:
-        for w in rolling_windows(k.n_tokens, protocol.context, protocol.stride, prefix):
-            total += w.end - w.begin + int(prefix)
-    return total + task_tokens
+    """Tokens one condition pushes through the model (window inputs, overlaps and warm-ups included)."""
+    return sum(protocol.forward_tokens(k.n_tokens) for k in corpora) + task_tokens
 
 
 def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = False, log=print,
@@ -195,7 +192,8 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
             lm = load_model(model, device=settings.device, dtype=settings.dtype)
             corpora, ref, protocol = prepare_inputs(
                 lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
-                context=settings.context, stride=settings.stride, batch_size=settings.batch_size)
+                context=settings.context, stride=settings.stride, batch_size=settings.batch_size,
+                scoring=settings.scoring, streams=settings.streams)
             if model not in task_tokens_cache:
                 task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
             per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
@@ -210,10 +208,11 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
             (out_dir / "study.json").write_text(settings.to_json())
             ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
                           dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
-                          progress=progress, log=log)
+                          progress=progress, log=log, fast=settings.fast, max_rows=settings.max_rows)
             comp = compression_plan(ds, cmap)
             run_plan(lm, comp, corpora, out_dir / f"{slug(model)}.compression.zarr", protocol=protocol, reference=ref,
-                     device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log)
+                     device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log,
+                     fast=settings.fast, max_rows=settings.max_rows)
             del lm
     return done
 

@@ -200,12 +200,14 @@ class Carrier:
         self.new_cache()  # refuse a cache layout the trim does not handle before anything runs
 
     def new_cache(self):
-        from transformers import DynamicCache
-        from transformers.cache_utils import DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
+        from transformers import DynamicCache, cache_utils
 
+        # the layer types this trim handles (older transformers lack some of them)
+        kinds = tuple(getattr(cache_utils, n) for n in ("DynamicLayer", "LinearAttentionCacheLayerMixin", "DummyLayer")
+                      if hasattr(cache_utils, n))
         cache = DynamicCache(config=self.model.config)
         for i, layer in enumerate(cache.layers):
-            ok = isinstance(layer, (DynamicLayer, LinearAttentionCacheLayerMixin, DummyLayer))
+            ok = isinstance(layer, kinds)
             if not ok or getattr(layer, "is_sliding", False):
                 raise CarryError(f"the carry protocol cannot trim cache layer {i} ({type(layer).__name__}: "
                                  "sliding-window or other special attention). Use --protocol rolling")
