@@ -81,6 +81,7 @@ def _check_numbers(**values) -> None:
         "seed": (lambda v: v is None or v >= 0, "0 or more"),
         "max_rows": (lambda v: v is None or v >= 1, "at least 1 (or leave it out)"),
         "streams": (lambda v: v >= 1, "at least 1"),
+        "threads": (lambda v: v is None or v >= 1, "at least 1 (or leave it out)"),
     }
     for name, value in values.items():
         ok, valid = rules.get(name, (lambda v: True, ""))
@@ -101,6 +102,8 @@ PROTOCOL = typer.Option("rolling", "--protocol", help="rolling: overlapping wind
                         "tokens; carry: chunks of --stride tokens with the model's state carried (each token "
                         "computed once; see docs/protocols.md)")
 STREAMS = typer.Option(1, "--streams", help="carry: contiguous segments of each corpus scored side by side")
+THREADS = typer.Option(None, "--threads", help="torch threads on a CPU (default: the cores not busy with other "
+                       "processes, from the load average)")
 
 
 def _protocol_text(proto: dict) -> str:
@@ -133,6 +136,7 @@ def run(
     max_rows: Optional[int] = MAX_ROWS,
     protocol_name: str = PROTOCOL,
     streams: int = STREAMS,
+    threads: Optional[int] = THREADS,
     max_tokens: Optional[int] = typer.Option(None, help="score only the first N tokens of each corpus"),
     prefix_token: str = typer.Option("auto", help="auto | none | bos: token each window starts with "
                                      "(auto: BOS where the tokenizer adds one or the family expects it)"),
@@ -160,7 +164,8 @@ def run(
     from workbench.runner import RunError, prepare_inputs
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
-                   seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows, streams=streams)
+                   seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows, streams=streams,
+                   threads=threads)
     _check_protocol(protocol_name)
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
@@ -180,6 +185,10 @@ def run(
         raise UserError(f"corpus names repeat: {[t[0] for t in texts]}")
     ref_text = read_text(reference) if reference else None
     n_reference = reference_tokens or 16 * context
+    if device == "cpu" and cluster is None and workers is None:
+        from workbench.threads import set_threads
+
+        err.print(f"torch threads: {set_threads(threads)}", markup=False)
     loaded = _load(model, device, dtype)
     cmap = component_map(loaded.model)
     if spec is None:
@@ -253,6 +262,7 @@ def study(
     max_rows: Optional[int] = MAX_ROWS,
     protocol_name: str = PROTOCOL,
     streams: int = STREAMS,
+    threads: Optional[int] = THREADS,
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -269,7 +279,8 @@ def study(
     from workbench.tasks import get_tasks
 
     _check_numbers(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
-                   seeds=seeds, seed=None, reference_tokens=None, max_rows=max_rows, streams=streams)
+                   seeds=seeds, seed=None, reference_tokens=None, max_rows=max_rows, streams=streams,
+                   threads=threads)
     _check_protocol(protocol_name)
     where = target(cluster, workers, threads_per_worker)
     if task_items is not None and task_items < 1:
@@ -288,6 +299,10 @@ def study(
     task_names = None if tasks == "all" else [] if tasks == "none" else _csv(tasks)
     if task_names:
         get_tasks(task_names)  # unknown names fail here, before any model loads
+    if device == "cpu" and where is None and not dry_run:
+        from workbench.threads import set_threads
+
+        err.print(f"torch threads: {set_threads(threads)}", markup=False)
     settings = StudySettings(models=_csv(models), corpora=list(corpus or builtin_corpora()), max_tokens=max_tokens,
                              context=context, stride=stride, batch_size=batch_size, tasks=task_names,
                              task_items=task_items, seeds=seeds, grid=grid_sizes, prefix_token=prefix_token,
