@@ -20,15 +20,15 @@ $(STAMP): pyproject.toml Makefile
 
 MINI_MODELS := mini-qwen3.5 mini-falcon-h1 mini-qwen2.5
 
-# The study preset on each embedded model (sequential hybrid, parallel hybrid, Transformer),
-# with activations and representation diagnostics; resumable: rerunning skips what is done.
+# The study (`workbench study`) on the three embedded models (sequential hybrid, parallel hybrid,
+# Transformer control) at demo size, then its report; resumable: rerunning skips what is done.
+# The full study drops --max-tokens and --task-items (see benchmarks/results/study.md for its cost).
+DEMO := runs/demo
 demo: setup
-	@for m in $(MINI_MODELS); do \
-		$(BIN)/workbench run --model $$m --preset study --corpus encyclopedic --corpus books \
-			--max-tokens 4096 --out runs/demo-$$m.zarr --diagnose && \
-		$(BIN)/workbench show runs/demo-$$m.zarr --diagnostics || exit 1; \
-	done
-	@echo "open the app on these stores: $(BIN)/workbench app --runs runs"
+	$(BIN)/workbench study --models $(shell echo $(MINI_MODELS) | tr ' ' ,) --corpus encyclopedic --corpus books \
+		--max-tokens 1024 --task-items 6 --grid 1,2,4,8 --out $(DEMO)
+	$(BIN)/workbench report $(DEMO)
+	@echo "report: $(DEMO)/report.md; explore the stores: $(BIN)/workbench app --runs $(DEMO)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,20 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "study.md"
 
 
+def _compute_seconds(folder: Path, main_store: Path, main_only: bool = False) -> float:
+    """Seconds the conditions of a model's main (and compression) store took (elapsed_s; a copied
+    twin records none)."""
+    import xarray as xr
+
+    total = 0.0
+    paths = [main_store] if main_only else [main_store, folder / main_store.name.replace(".zarr", ".compression.zarr")]
+    for path in paths:
+        if path.exists():
+            ds = xr.open_zarr(path)
+            total += float(ds["elapsed_s"].where(ds["complete"]).sum())
+    return total
+
+
 def main() -> None:
     from workbench.corpora import builtin_corpora
     from workbench.study import StudySettings, run_study
@@ -38,6 +52,9 @@ def main() -> None:
     ap.add_argument("--no-fast", action="store_true")
     ap.add_argument("--full-max-tokens", type=int, default=50_000, help="tokens per corpus of the full study")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--existing", type=Path, default=None,
+                    help="a finished study folder made with these settings: read each model's compute time "
+                         "from its stores (the conditions' elapsed_s) instead of running it again")
     args = ap.parse_args()
 
     models = [m for m in args.models.split(",") if m]
@@ -46,26 +63,35 @@ def main() -> None:
                           grid=[int(x) for x in args.grid.split(",")])
     if args.no_fast:
         small.fast = False
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench-study-"))
-    shutil.rmtree(out, ignore_errors=True)
-    marks: list[tuple[float, str]] = []
+    if args.existing:
+        out = args.existing
+        plans = run_study(small, out, dry_run=True, log=lambda m: None)
+        walls = [_compute_seconds(out, p.store) for p in plans]
+        total = sum(walls)
+        source = f"the conditions' recorded compute time in {out}"
+    else:
+        out = args.out or Path(tempfile.mkdtemp(prefix="bench-study-"))
+        shutil.rmtree(out, ignore_errors=True)
+        marks: list[tuple[float, str]] = []
 
-    def log(message: str) -> None:
-        marks.append((time.perf_counter(), message))
+        def log(message: str) -> None:
+            marks.append((time.perf_counter(), message))
 
-    start = time.perf_counter()
-    plans = run_study(small, out, log=log, progress=False)
-    total = time.perf_counter() - start
-    starts = [next(t for t, m in marks if m.startswith(f"{p.model}: ")) for p in plans] + [start + total]
+        start = time.perf_counter()
+        plans = run_study(small, out, log=log, progress=False)
+        total = time.perf_counter() - start
+        starts = [next(t for t, m in marks if m.startswith(f"{p.model}: ")) for p in plans] + [start + total]
+        walls = [t1 - t0 for t0, t1 in zip(starts, starts[1:])]
+        source = "wall time of this run"
     full = StudySettings(models=models, corpora=list(builtin_corpora()), max_tokens=args.full_max_tokens)
-    full_plans = run_study(full, out / "dry", dry_run=True, log=lambda m: None)
+    full_plans = run_study(full, Path(tempfile.mkdtemp(prefix="bench-study-dry-")), dry_run=True, log=lambda m: None)
     rows = []
-    for p, f, t0, t1 in zip(plans, full_plans, starts, starts[1:]):
+    for p, f, wall in zip(plans, full_plans, walls):
         n_main = len(p.plan.conditions)
-        work = n_main * p.n_forward_tokens  # the compression curve adds perplexity-only conditions
-        rate = work / (t1 - t0)
+        work = n_main * p.n_forward_tokens
+        rate = work / _compute_seconds(out, p.store, main_only=True)
         est = len(f.plan.conditions) * f.n_forward_tokens / rate
-        rows.append((p.model, n_main, p.n_forward_tokens, t1 - t0, rate, len(f.plan.conditions),
+        rows.append((p.model, n_main, p.n_forward_tokens, wall, rate, len(f.plan.conditions),
                      f.n_forward_tokens, est))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -75,13 +101,13 @@ def main() -> None:
         f"{'naive loop' if args.no_fast else 'fast path'}",
         f"Measured: `workbench study` with {', '.join(small.corpora)} x {args.max_tokens} tokens, "
         f"{args.task_items} items per task, grid {args.grid}: **{total / 60:.1f} min** in all "
-        "(main stores and compression curves).",
+        f"(main stores and compression curves; {source}).",
         "Full size: every built-in corpus at "
         f"{args.full_max_tokens:,} tokens, every task item, the default grid; estimated from the "
-        "forward tokens per second each model just reached (main store only; the compression curve "
-        "adds up to about half again).",
+        "forward tokens per second each model reached on its main store (the conditions' recorded "
+        "compute time), for the main store only; the compression curve adds up to about half again.",
         "",
-        "| model | conditions | forward tokens / condition | measured wall | forward tok/s | "
+        "| model | conditions | forward tokens / condition | measured (main + compression) | forward tok/s | "
         "full: conditions | full: tokens / condition | full: estimated wall |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
