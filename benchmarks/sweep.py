@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib.util
 import inspect
 import json
 import logging
@@ -51,12 +50,11 @@ from workbench.evaluate.perplexity import rolling_windows
 from workbench.interventions import Intervener
 from workbench.loading import DTYPES, LoadedModel, load_model
 from workbench.plans import BASELINE, Condition, Plan, Target, auto_spec, resolve
-from workbench.runner import Protocol, run_plan
+from workbench.runner import Protocol, kernel_paths, run_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIS = ("mini-qwen3.5", "mini-falcon-h1", "mini-qwen2.5")
 SHAPES = ("shape:qwen3.5-0.8b", "shape:falcon-h1-0.5b", "shape:qwen2.5-0.5b")
-KERNELS = {"fla": "flash-linear-attention", "causal_conv1d": "causal-conv1d", "mamba_ssm": "mamba-ssm"}
 
 
 # -- environment --------------------------------------------------------------------------
@@ -99,7 +97,7 @@ def environment(device: str, dtype: str) -> dict:
            **cpu_info(), "torch_threads": torch.get_num_threads(), "device": device, "dtype": dtype,
            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "none",
            "torch": torch.__version__, "transformers": _version("transformers"), "nnsight": _version("nnsight"),
-           "kernels": {pip: importlib.util.find_spec(mod) is not None for mod, pip in KERNELS.items()},
+           "kernels": kernel_paths(),
            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
            "run_plan_fast": has_fast(), "protocol_carry": has_carry()}
     return env
@@ -306,11 +304,17 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-12)).max())
 
 
+def carry_protocol(protocol: Protocol, streams: int) -> Protocol:
+    """The carry protocol beside ``protocol`` (chunks of its stride), in ``streams`` streams."""
+    fields = {f.name for f in dataclasses.fields(Protocol)}
+    return dataclasses.replace(protocol, scoring="carry", **({"streams": streams} if "streams" in fields else {}))
+
+
 def sweeps(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], protocol: Protocol, device: str, dtype: str,
-           variants: list[str], log) -> dict:
+           variants: list[str], log, streams: int = 1) -> dict:
     """(b) and (c): the runner's paths on one plan; a path the runner lacks is ``None``."""
     fast_ok, carry_ok = has_fast(), has_carry()
-    carry = dataclasses.replace(protocol, scoring="carry") if carry_ok else None
+    carry = carry_protocol(protocol, streams) if carry_ok else None
     todo = {"setup": (protocol, {"only": ()}),
             "naive rolling": (protocol, {"fast": False} if fast_ok else {}),
             "fast rolling": (protocol, {"fast": True}) if fast_ok else None,
@@ -353,15 +357,19 @@ def bench_model(spec: str, args, shapes: Path, log) -> dict:
                         reference_tokens=c.n_tokens, reference_sha256=c.sha256)
     windows = rolling_windows(c.n_tokens, args.context, args.stride)
     keep = min(args.stride + 1, args.context)
+    scored = sum(w.n_scored for w in windows)
     record = {"model": spec, "model_type": loaded.model_type, "params": sum(p.numel() for p in model.parameters()),
               "n_tokens": c.n_tokens, "n_windows": len(windows),
-              "rolling_factor": sum(w.end - w.begin for w in windows) / sum(w.n_scored for w in windows)}
+              "rolling_factor": sum(w.end - w.begin for w in windows) / scored}
+    if has_carry() and hasattr(Protocol, "forward_tokens"):
+        record["carry_factor"] = carry_protocol(protocol, args.streams).forward_tokens(c.n_tokens) / scored
     plan = sweep_plan(cmap, args.max_conditions)
     record["bound"] = prefix_bound(plan, cmap, model, keep / args.context)
     log(f"  overhead (batch {args.overhead_batch or args.batch_size} x {args.context}) ...")
     record["overhead"] = overhead(loaded, args.overhead_batch or args.batch_size, args.context, keep,
                                   args.repeats, args.device)
-    record["sweeps"] = sweeps(loaded, plan, corpora, protocol, args.device, args.dtype, args.variants, log)
+    record["sweeps"] = sweeps(loaded, plan, corpora, protocol, args.device, args.dtype, args.variants, log,
+                              args.streams)
     del loaded, model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -380,19 +388,20 @@ def _tok(x) -> str:
 
 def render(env: dict, records: list[dict], args) -> str:
     yes = {True: "yes", False: "no"}
-    kern = ", ".join(f"{k} {yes[v]}" for k, v in env["kernels"].items())
+    kern = ", ".join(f"{k} {v}" for k, v in env["kernels"].items())
     lines = [
         f"## Sweep benchmark, {env['date']}",
         "",
         f"Commit `{env['commit']}`; CPU {env['cpu']} ({env['cores']} cores available; avx512_bf16 "
         f"{yes[env['avx512_bf16']]}, amx_bf16 {yes[env['amx_bf16']]}); torch threads {env['torch_threads']}; "
         f"GPU {env['gpu']}; device {env['device']}, {env['dtype']}; torch {env['torch']}, transformers "
-        f"{env['transformers']}, nnsight {env['nnsight']}; kernels installed: {kern}; load average "
+        f"{env['transformers']}, nnsight {env['nnsight']}; kernel packages: {kern}; load average "
         f"(1 min) {env['load_average']:.2f} at start, {env.get('load_average_end', float('nan')):.2f} at end; "
         f"reference PyTorch code ran for: {', '.join(env.get('fallbacks', [])) or 'nothing (fused kernels throughout)'}.",
         f"Runner: `run_plan(fast=)` {'present' if env['run_plan_fast'] else 'absent (its one path is the naive loop)'}; "
         f"`Protocol(scoring=\"carry\")` {'present' if env['protocol_carry'] else 'absent'}.",
-        f"Protocol: rolling windows of {args.context} tokens, stride {args.stride}, batch {args.batch_size}; "
+        f"Protocol: rolling windows of {args.context} tokens, stride {args.stride}, batch {args.batch_size} "
+        f"(carry: chunks of {args.stride}, {args.streams} stream{'s' if args.streams > 1 else ''}); "
         "plan: the `sweep` preset (baseline + every mixer alone, zero)"
         + (f", at most {args.max_conditions} conditions spread over depth" if args.max_conditions else "")
         + "; minis score `" + args.corpus + "`, published shapes (random weights) score random token ids.",
@@ -418,11 +427,13 @@ def render(env: dict, records: list[dict], args) -> str:
         "",
         "Fast / naive layer forwards: a condition first edited at layer f runs layers f..L-1, the baseline all L. "
         "Compute-weighted: layers weighted by their parameters, the unembedding (on the kept logit positions) paid "
-        "by every condition. Rolling factor: tokens through the model per scored token.",
+        "by every condition. Rolling and carry factors: tokens through the model per scored token under each "
+        "protocol; carry + reuse: the layer bound times their ratio, the most the fast carry path can gain over "
+        "the naive rolling loop.",
         "",
         "| model | conditions | L | mean (L-f)/L | layer forwards fast/naive | speed-up bound (layers) "
-        "| unembedding share | speed-up bound (compute) | rolling factor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| unembedding share | speed-up bound (compute) | rolling factor | carry factor | bound, carry + reuse |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if "error" in r:
@@ -430,7 +441,8 @@ def render(env: dict, records: list[dict], args) -> str:
         b = r["bound"]
         lines.append(f"| {r['model']} | {b['n_conditions']} | {b['n_layers']} | {b['conditions']:.3f} | {b['layers']:.3f} "
                      f"| {1 / b['layers']:.2f}x | {b['head_share']:.2f} | {1 / b['compute']:.2f}x "
-                     f"| {r['rolling_factor']:.2f} |")
+                     f"| {r['rolling_factor']:.2f} | {_f(r.get('carry_factor'))} "
+                     f"| {_f(r['rolling_factor'] / r['carry_factor'] / b['layers'] if 'carry_factor' in r else None)}x |")
     lines += [
         "",
         "### (b, c) The sweep: fast paths against the naive loop",
@@ -507,6 +519,7 @@ def main(argv=None) -> None:
     parser.add_argument("--corpus", default="encyclopedic", help="corpus the minis score")
     parser.add_argument("--max-conditions", type=int, default=None,
                         help="run at most this many sweep conditions, spread over depth (the bound follows)")
+    parser.add_argument("--streams", type=int, default=1, help="carry protocol: segments scored side by side")
     parser.add_argument("--variants", default="naive rolling,fast rolling,naive carry,fast carry",
                         help="comma-separated sweep paths to time")
     parser.add_argument("--shapes", default=None, help="folder of published shapes (NAME.json)")
