@@ -33,7 +33,7 @@ PY=${PYTHON:-python3}
 if [ -n "${BENCH_DRY:-}" ]; then
     export PYTHONPATH=$PWD
     SITE_FLA=$PWD
-    DEV="--device cpu --dtype float32 --threads 1 --context 64 --stride 32 --repeats 1"
+    DEV="--device cpu --dtype float32 --threads 1 --context 64 --stride 32 --repeats 1 --streams 2"
     SHAPES="random:qwen3_5_text,random:falcon_h1"; MINIS="random:qwen2"; FLA="random:qwen3_5_text"
     SHAPE_TOKENS=200; MINI_TOKENS=200
 else
@@ -44,8 +44,10 @@ else
     export PYTHONPATH=/tmp/site:$PWD
     SITE_FLA=/tmp/site-fla
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    DEV="--device cuda --dtype bfloat16 --repeats 10 --shapes .whl/model-shapes"
-    SHAPES="shape:qwen3.5-0.8b,shape:falcon-h1-0.5b,shape:qwen2.5-0.5b"; MINIS="mini-qwen3.5,mini-falcon-h1,mini-qwen2.5"
+    # carry in 4 streams (a batch of 4 rows; 3 warm-ups of context - chunk tokens)
+    DEV="--device cuda --dtype bfloat16 --repeats 10 --streams 4 --shapes .whl/model-shapes"
+    # Falcon-H1 last: 73 conditions, the longest; a model cut off by its timeout loses only itself
+    SHAPES="shape:qwen3.5-0.8b,shape:qwen2.5-0.5b,shape:falcon-h1-0.5b"; MINIS="mini-qwen3.5,mini-falcon-h1,mini-qwen2.5"
     FLA="shape:qwen3.5-0.8b"
     SHAPE_TOKENS=4096; MINI_TOKENS=16384
 fi
