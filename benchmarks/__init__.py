@@ -1,0 +1,1 @@
+"""Benchmarks of the workbench (run as scripts or with ``python -m benchmarks.NAME``)."""
