@@ -120,7 +120,7 @@ def _plain_log(axis) -> None:
 
 def fig_groups(name: str, rows: list[dict], path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.55 * len(rows)))
     for k, row in enumerate(rows):
         for dy, key, colour in ((-0.15, "zero", "#1f77b4"), (0.15, "skip_layer", "#d62728")):
             r, lo, hi = row[key]
@@ -133,7 +133,8 @@ def fig_groups(name: str, rows: list[dict], path: Path) -> None:
     ax.axvline(1, color="grey", lw=0.8)
     ax.set_xlabel("perplexity / baseline (log scale; 95% block-bootstrap interval)")
     ax.set_title(f"{name}: each component type removed as a group")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)  # beside: no point under it
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -390,8 +391,12 @@ def _backbone_sentence(r: dict) -> str:
         used = [MIXER_NAMES[g["role"]] for g in mixers if g["zero"][1] > 1.0]
         used_text = f"Used: {', '.join(used) or 'no mixer'} (interval of the component-only ratio above 1)."
     text = (f"{used_text} "
-            f"Backbone by component-only removal: **{MIXER_NAMES[top['role']]}** (x{_fmt(top['zero'][0])}); "
-            f"by whole-layer removal: **{MIXER_NAMES[top_skip['role']]}** (x{_fmt(top_skip['skip_layer'][0])}).")
+            f"Backbone by component-only removal: **{MIXER_NAMES[top['role']]}** (x{_fmt(top['zero'][0])}); ")
+    tied = [g for g in mixers if g["skip_layer"][0] == top_skip["skip_layer"][0]]
+    if len(tied) > 1:  # parallel blocks: every mixer sits in the same layers
+        return text + ("whole-layer removal cannot tell: " + ", ".join(MIXER_NAMES[g["role"]] for g in tied)
+                       + f" sit in the same layers, so skipping them removes the same blocks (x{_fmt(top_skip['skip_layer'][0])}).")
+    text += f"by whole-layer removal: **{MIXER_NAMES[top_skip['role']]}** (x{_fmt(top_skip['skip_layer'][0])})."
     if top["role"] != top_skip["role"]:
         text += " The two protocols disagree: whole-layer removal also removes the MLPs of those layers."
     return text
