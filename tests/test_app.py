@@ -72,7 +72,7 @@ def make_runs(folder: Path) -> Path:
 
     with pytest.raises(Stop):
         run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "sweep"), cmap), [corpus], folder / "partial.zarr",
-                 on_condition=stop_after_two, **KW)
+                 on_condition=stop_after_two, group_size=1, **KW)  # written one at a time
     (folder / "junk.zarr").mkdir()
 
     for model_type, mixer in (("qwen3_5", "linear_attention"), ("falcon_h1", "ssm")):
