@@ -97,7 +97,8 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     lines = [
-        f"\n## {dt.date.today()} · commit {commit} · {cpu}, {torch.get_num_threads()} torch threads · "
+        f"\n## {dt.date.today()} · commit {commit} · {cpu}, "
+        f"{'threads as the study ran them' if args.existing else f'{torch.get_num_threads()} torch threads'} · "
         f"{'naive loop' if args.no_fast else 'fast path'}",
         f"Measured: `workbench study` with {', '.join(small.corpora)} x {args.max_tokens} tokens, "
         f"{args.task_items} items per task, grid {args.grid}: **{total / 60:.1f} min** in all "
