@@ -459,9 +459,11 @@ def test_stale_layout_folders_are_cleaned(tmp_path, corpus_file, capsys):
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_resume_finishes(tmp_path, corpus_file):
     out = tmp_path / "c.zarr"
+    long = tmp_path / "long.txt"  # long enough that the interrupt lands mid-run
+    long.write_text(corpus_file.read_text() * 20)
     args = [sys.executable, "-m", "workbench.cli", "run", "--model", "random:qwen2", "--preset", "sweep",
             "--mode", "resample", "--context", "32", "--stride", "4", "--reference-tokens", "128",
-            "--corpus", str(corpus_file), "--out", str(out)]
+            "--corpus", str(long), "--out", str(out), "--threads", "1"]
     proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "complete").exists():
@@ -470,6 +472,7 @@ def test_ctrl_c_exits_130_and_resume_finishes(tmp_path, corpus_file):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err
+    assert not bool(open_store(out)["complete"].all())
     assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
     assert bool(open_store(out)["complete"].all())
 
