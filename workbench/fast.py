@@ -65,11 +65,10 @@ def layer_arity(iv: Intervener) -> dict[str, int]:
 class SharedPrefix:
     """Runs ``conditions`` on one batch of inputs at a time; see the module docstring.
 
-    ``max_rows``: most rows in one forward (1 x the batch: no stacking). ``reuse=False`` runs
-    every condition from the embeddings (the stacking alone).
+    ``max_rows``: most rows in one forward (1 x the batch: no stacking).
     """
 
-    def __init__(self, iv: Intervener, conditions: list[Condition], *, max_rows: int = 0, reuse: bool = True):
+    def __init__(self, iv: Intervener, conditions: list[Condition], *, max_rows: int = 0):
         self.iv, self.conditions, self.max_rows = iv, list(conditions), max_rows
         order = iv.execution_order()
         arity = layer_arity(iv)
@@ -89,7 +88,7 @@ class SharedPrefix:
                 self.start.append(-1)  # read from the clean trace itself
                 continue
             first = min(iv._when(c, cond.mode) for c in comps)
-            self.start.append(sum(order[(c.path, "out")] < first for c in skippable) if reuse else 0)
+            self.start.append(sum(order[(c.path, "out")] < first for c in skippable))
         self.ok = [True] * len(self.conditions)  # every edit fired in every batch so far
 
     def bound(self) -> float:
