@@ -17,7 +17,7 @@ import typer
 
 from workbench import cluster, plans, store
 from workbench.architectures import component_map
-from workbench.cluster import PlanRun, batches, connect, run_batch, run_plan_cluster
+from workbench.cluster import PlanRun, batches, connect, run_batch, run_plan_cluster, task_size
 from workbench.cluster_options import Target, target
 from workbench.loading import load_model
 from workbench.runner import prepare_inputs, run_plan
@@ -54,6 +54,12 @@ def test_batches_keep_twins_together_and_check_size():
     plan = plans.resolve(plans.auto_spec(cmap, "study", seeds=2), cmap)
     parts = batches(plan, list(range(len(plan.conditions))), 2)
     assert sorted(i for p in parts for i in p) == list(range(len(plan.conditions)))
+    assert parts[0] == [0] and plan.conditions[0].kind == "baseline"  # alone, first
+    joined = batches(plan, list(range(len(plan.conditions))), 2, baseline_alone=False)
+    assert 0 in joined[0] and len(joined) == len(parts) - 1
+    sweep = [i for i, c in enumerate(plan.conditions) if c.kind == "sweep"]
+    halves = batches(plan, sweep, len(sweep) // 2)
+    assert [[plan.conditions[i].targets[0].layer for i in p] for p in halves] == [[0, 2], [1, 3]]  # dealt out
     for part in parts:
         effects = {plan.conditions[i].effect_id for i in part}
         twins = [j for j, c in enumerate(plan.conditions) if c.effect_id in effects]
@@ -61,6 +67,8 @@ def test_batches_keep_twins_together_and_check_size():
     assert max(len(p) for p in parts) <= 3
     with pytest.raises(ValueError, match="at least 1"):
         batches(plan, [0], 0)
+    # the fast path shares a clean pass within a task: a worker's share, up to one runner group
+    assert [task_size(8, 2, True), task_size(100, 2, True), task_size(8, 2, False)] == [4, 16, 1]
 
 
 def test_connect_needs_one_target():

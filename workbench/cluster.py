@@ -45,9 +45,9 @@ from workbench.cluster_options import ClusterError, fifo_priority
 from workbench.corpora import Corpus
 from workbench.loading import LoadedModel, load_model
 from workbench.plans import Plan
-from workbench.runner import Protocol, RunError, run_plan
+from workbench.runner import GROUP_SIZE, Protocol, RunError, run_plan
 
-BATCHES_PER_WORKER = 4  # small enough to balance uneven conditions, large enough to amortise setup
+BATCHES_PER_WORKER = 4  # without the fast path: small enough to balance uneven conditions
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap
 # threshold: every large torch buffer is then mapped and unmapped afresh (CPU forwards ran 1.4x
 # to 3x slower here). Local clusters start without it; remote workers are told about it.
@@ -167,21 +167,41 @@ def run_batch(run: PlanRun, batch: list[int]) -> dict:
             "host": host, "pid": os.getpid(), "seconds": time.perf_counter() - start}
 
 
-def batches(plan: Plan, pending: list[int], size: int) -> list[list[int]]:
-    """``pending`` in batches of about ``size`` conditions, in plan order; conditions with the
-    same edit (one effect under two labels) share a batch, so the runner copies instead of
-    recomputing them."""
+def batches(plan: Plan, pending: list[int], size: int, *, baseline_alone: bool = True) -> list[list[int]]:
+    """``pending`` in batches of at most about ``size`` conditions (one task each).
+
+    The baseline is a batch of its own, first (``baseline_alone``; else it joins the first
+    batch): every other condition's QC waits for it, and in a larger batch computed together it
+    would be written only when the whole batch is. Conditions with the same edit (one effect
+    under two labels) share a batch, so the runner copies instead of recomputing them. Edits go
+    to the batch with the fewest conditions so far, in plan order, so each batch gets a share of
+    early and late layers (a sweep's costs differ along the layers); plan order within a batch."""
     if size < 1:
         raise ValueError(f"batch size {size} is invalid: give at least 1 condition per task")
+    base = [i for i in pending if plan.conditions[i].kind == "baseline"]
     groups: dict[str, list[int]] = {}
     for i in pending:
-        groups.setdefault(plan.conditions[i].effect_id, []).append(i)
-    out: list[list[int]] = []
+        if i not in base:
+            groups.setdefault(plan.conditions[i].effect_id, []).append(i)
+    n = math.ceil(sum(map(len, groups.values())) / size)
+    parts: list[list[int]] = [[] for _ in range(n)]
     for group in groups.values():
-        if not out or len(out[-1]) >= size:
-            out.append([])
-        out[-1].extend(group)
-    return out
+        min(parts, key=len).extend(group)
+    parts = [sorted(p) for p in parts if p]
+    if base and (baseline_alone or not parts):
+        return [base] + parts
+    if base:
+        parts[0] = sorted(base + parts[0])
+    return parts
+
+
+def task_size(n_conditions: int, n_workers: int, fast: bool) -> int:
+    """Conditions per task: with the fast path, a worker's share up to one runner group (they
+    share a clean pass only within a task); without it, about ``BATCHES_PER_WORKER`` tasks per
+    worker (balance; the per-task setup is small once a worker's checks are reused)."""
+    if fast:
+        return max(1, min(GROUP_SIZE, math.ceil(n_conditions / n_workers)))
+    return max(1, math.ceil(n_conditions / (BATCHES_PER_WORKER * n_workers)))
 
 
 def _threads(client: Client, threads_per_worker: int | None) -> dict:
@@ -333,7 +353,7 @@ def run_plan_cluster(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out
 
     Workers load ``loaded.spec`` themselves (a local path must exist on every host) and must see
     ``out`` at the same path (shared storage with POSIX locks). ``batch``: conditions per task
-    (default: about 4 tasks per worker). ``threads_per_worker``: torch threads of each worker
+    (default: ``task_size``). ``threads_per_worker``: torch threads of each worker
     process (default: its host's cores divided among the workers there). ``on_batch`` gets each
     finished task's record."""
     if sum(x is not None for x in (address, n_workers, client)) != 1:
@@ -358,8 +378,9 @@ def run_plan_cluster(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out
 def _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker, batch, retries, progress,
          say, on_batch):
     workers = _workers(client)
-    size = batch or max(1, math.ceil(len(pending) / (BATCHES_PER_WORKER * len(workers))))
-    parts = batches(plan, pending, size)
+    base = [i for i in pending if plan.conditions[i].kind == "baseline"]
+    size = batch or task_size(len(pending) - len(base), len(workers), run_kw["fast"])
+    parts = batches(plan, pending, size, baseline_alone=len(workers) > 1)
     run = PlanRun(spec=loaded.spec, revision=loaded.revision, seed=int(loaded.info.get("seed", 0)), plan=plan,
                   corpora=corpora, out=str(out), threads=_threads(client, threads_per_worker),
                   topic=f"workbench-{uuid.uuid4().hex[:12]}", **run_kw)
@@ -382,12 +403,20 @@ def _run(client, loaded, plan, corpora, out, pending, run_kw, threads_per_worker
     client.subscribe_topic(run.topic, lambda event: mark([event[1]["index"]]))
     started = time.perf_counter()
     resources, priority = _gpu_resources(client, run_kw["device"]), fifo_priority(time.time())
-    futures = [client.submit(run_batch, run, part, key=f"workbench-batch-{k}-{run.topic}", pure=False,
+
+    def submit(k: int):
+        return client.submit(run_batch, run, parts[k], key=f"workbench-batch-{k}-{run.topic}", pure=False,
                              retries=retries, resources=resources, priority=priority)
-               for k, part in enumerate(parts)]
+
+    futures = [submit(0)]
     computed = copied = 0
     try:
         with bar:
+            if parts[0] == base:
+                # a batch holding the pending baseline computes it too: the others go out once its
+                # own task has written it (else they race for it), to whichever workers are free
+                futures[0].exception()  # waits; a failure is raised below
+            futures += [submit(k) for k in range(1, len(parts))]
             for result in _results(futures, out):
                 mark(result["batch"])
                 computed += result["computed"] or 0
