@@ -174,8 +174,9 @@ def test_cancelling_a_real_run_exits_130_and_leaves_a_partial_store(tmp_path):
     runs = tmp_path / "runs"
     corpus = tmp_path / "long.txt"
     corpus.write_text("It was the best of times, it was the worst of times. " * 60)
+    # --no-fast: conditions complete one at a time (the fast path writes a group at once)
     argv = ["run", "--model", "random:qwen2", "--preset", "sweep", "--corpus", str(corpus), "--context", "32",
-            "--stride", "16", "--batch-size", "1", "--out", "r.zarr"]
+            "--stride", "16", "--batch-size", "1", "--out", "r.zarr", "--no-fast", "--threads", "1"]
     job = jobs.submit(runs, argv, owner="test")
     end = time.time() + 180
     while time.time() < end:
