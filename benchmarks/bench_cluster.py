@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--stride", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2, help="random-control draws of the preset")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -88,7 +89,7 @@ def main() -> None:
     load_before = os.getloadavg()
     loaded = load_model(args.model)
     cmap = component_map(loaded.model)
-    plan = plans.resolve(plans.auto_spec(cmap, args.preset, seeds=2), cmap)
+    plan = plans.resolve(plans.auto_spec(cmap, args.preset, seeds=args.seeds), cmap)
     corpora, ref, protocol = prepare_inputs(loaded, [args.corpus], max_tokens=args.max_tokens,
                                             context=args.context, stride=args.stride)
     kw = dict(protocol=protocol, reference=ref, progress=False)

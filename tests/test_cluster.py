@@ -67,8 +67,10 @@ def test_batches_keep_twins_together_and_check_size():
     assert max(len(p) for p in parts) <= 3
     with pytest.raises(ValueError, match="at least 1"):
         batches(plan, [0], 0)
-    # the fast path shares a clean pass within a task: a worker's share, up to one runner group
-    assert [task_size(8, 2, True), task_size(100, 2, True), task_size(8, 2, False)] == [4, 16, 1]
+    # the fast path shares a clean pass within a task: a worker's share, up to one runner group,
+    # as many tasks for each worker
+    assert [task_size(8, 2, True), task_size(33, 2, True), task_size(100, 2, True)] == [4, 9, 13]
+    assert task_size(8, 2, False) == 1
 
 
 def test_connect_needs_one_target():

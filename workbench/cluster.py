@@ -196,12 +196,15 @@ def batches(plan: Plan, pending: list[int], size: int, *, baseline_alone: bool =
 
 
 def task_size(n_conditions: int, n_workers: int, fast: bool) -> int:
-    """Conditions per task: with the fast path, a worker's share up to one runner group (they
-    share a clean pass only within a task); without it, about ``BATCHES_PER_WORKER`` tasks per
-    worker (balance; the per-task setup is small once a worker's checks are reused)."""
+    """Conditions per task. With the fast path, as few tasks as keep every task within one
+    runner group, in a whole number per worker (conditions share a clean pass only within a
+    task); without it, about ``BATCHES_PER_WORKER`` tasks per worker (balance; the per-task setup
+    is small once a worker's checks are reused)."""
     if fast:
-        return max(1, min(GROUP_SIZE, math.ceil(n_conditions / n_workers)))
-    return max(1, math.ceil(n_conditions / (BATCHES_PER_WORKER * n_workers)))
+        n_tasks = n_workers * math.ceil(n_conditions / (n_workers * GROUP_SIZE))
+    else:
+        n_tasks = BATCHES_PER_WORKER * n_workers
+    return max(1, math.ceil(n_conditions / n_tasks))
 
 
 def _threads(client: Client, threads_per_worker: int | None) -> dict:
