@@ -50,7 +50,8 @@ from workbench.runner import GROUP_SIZE, Protocol, RunError, run_plan
 BATCHES_PER_WORKER = 4  # without the fast path: small enough to balance uneven conditions
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap
 # threshold: every large torch buffer is then mapped and unmapped afresh (CPU forwards ran 1.4x
-# to 3x slower here). Local clusters start without it; remote workers are told about it.
+# slower here, more on a busy machine). Local clusters start without it; remote workers are
+# told about it.
 MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
