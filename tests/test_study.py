@@ -153,6 +153,7 @@ def test_study_cli_dry_run_and_bad_input(tmp_path, capsys):
                            "--tasks", "agreement", "--task-items", "2", "--dry-run", "--out", tmp_path / "s"],
                           capsys)
     assert code == 0 and "random:qwen2:" in err and "forward tokens" in err and not (tmp_path / "s").exists()
+    assert "estimate here:" in err and "plain forward" in err and "prefix reuse runs" in err
     code, _, err = invoke(["study", "--tasks", "nope", "--out", tmp_path / "s"], capsys)
     assert code == 2 and "unknown task(s) ['nope']" in err
     code, _, err = invoke(["study", "--grid", "1,x", "--out", tmp_path / "s"], capsys)

@@ -299,7 +299,7 @@ def study(
     task_names = None if tasks == "all" else [] if tasks == "none" else _csv(tasks)
     if task_names:
         get_tasks(task_names)  # unknown names fail here, before any model loads
-    if device == "cpu" and where is None and not dry_run:
+    if device == "cpu" and where is None:  # a dry run too: its estimate times a forward
         from workbench.threads import set_threads
 
         err.print(f"torch threads: {set_threads(threads)}", markup=False)

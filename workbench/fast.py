@@ -99,6 +99,18 @@ class SharedPrefix:
         ran = n + sum(n - s for s in self.start if s >= 0)
         return ran / naive if naive else 1.0
 
+    def layers_run(self, rows: int) -> int:
+        """Layer forwards of ``run`` on a batch of ``rows`` rows, counted per batch of rows (a
+        stack of k conditions counts k): the clean pass up to the last layer a stack resumes
+        after (the whole model when a baseline wants its logits), then each stack from its start."""
+        n = len(self.iv.cmap.layers_of("layer"))
+        stacks = self.stacks(rows)
+        if any(s < 0 for s in self.start):
+            clean = n
+        else:
+            clean = max((s.start for s in stacks), default=0)
+        return clean + sum((n - s.start) * len(s.members) for s in stacks)
+
     def stacks(self, rows: int) -> list[Stack]:
         """Conditions in forwards of at most ``max_rows`` rows of ``rows``, ordered by start layer;
         a stack resumes at its earliest member's start (a later member recomputes a few clean

@@ -25,6 +25,7 @@ from workbench.corpora import Corpus
 from workbench.evaluate.multiple_choice import assemble, score_tasks, score_tasks_multi
 from workbench.evaluate.perplexity import (bits_per_byte, rolling_windows, safe_exp,
                                            score_windows, score_windows_multi)
+from workbench.estimate import duration
 from workbench.evaluate.carry import Carrier, CarryError, Chunk, carry_chunks, max_streams, score_carried_multi
 from workbench.fast import SharedPrefix, auto_rows
 from workbench.architectures import component_map
@@ -630,7 +631,15 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     bar.advance(t_cond)
                     if on_condition:
                         on_condition(i, plan.conditions[i])
+                if progress and not bar.console.is_terminal:  # a log file gets a line per group
+                    left = int((~store.open_store(out)["complete"].values.astype(bool)).sum())
+                    done_here[0] += len(group)
+                    spent = time.perf_counter() - run_start
+                    eta = f"; about {duration(spent / done_here[0] * left)} left" if left else ""
+                    bar.console.print(f"{out.name}: {len(plan.conditions) - left}/{len(plan.conditions)} conditions "
+                                      f"done, {duration(spent)} so far{eta}", markup=False, highlight=False)
 
+            run_start, done_here = time.perf_counter(), [0]
             for group in _groups(todo, plan, base_idx, group_size if fast else 1):
                 mine = [i for i in group if claims.try_claim(i)]
                 deferred += [i for i in group if i not in mine]  # another process is on them: look again at the end

@@ -170,6 +170,9 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
     from workbench.architectures import component_map
     from workbench.cluster_options import plan_runner
     from workbench.corpora import read_text
+    from torch import get_num_threads
+
+    from workbench.estimate import duration
     from workbench.loading import load_model
     from workbench.runner import prepare_inputs
     from workbench.tasks import get_tasks
@@ -184,7 +187,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
         del lm
     sizes = set().union(*(group_sizes(c) for c in loaded_maps.values()))
     task_tokens_cache = {}
-    done = []
+    done, estimates = [], []
     with plan_runner(None if dry_run else cluster, settings.device) as run_plan:
         for model in settings.models:
             cmap = loaded_maps[model]
@@ -199,10 +202,21 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
             per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
             store = out_dir / f"{slug(model)}.zarr"
             done.append(ModelPlan(model, store, plan, per_condition))
+            n_comp = 2 * (2 * cmap.n_layers + len(cmap.components))
             log(f"{model}: {len(plan.conditions)} conditions x {per_condition:,} forward tokens "
                 f"= {len(plan.conditions) * per_condition:,} (+ compression curve: up to "
-                f"{2 * (2 * cmap.n_layers + len(cmap.components))} conditions, perplexity only) -> {store}")
+                f"{n_comp} conditions, perplexity only) -> {store}")
             if dry_run:
+                est = _estimate(lm, plan, settings, protocol)
+                ppl_tokens = forward_tokens(corpora, protocol)
+                main, comp = est.seconds(per_condition), n_comp * ppl_tokens / est.tokens_per_s
+                estimates.append(main + comp)
+                log(f"  estimate here: {duration(main)} for {est.computed} computed conditions "
+                    f"({len(plan.conditions) - est.computed} copies of an identical edit), plus up to "
+                    f"{duration(comp)} for the compression curve; plain forward {est.tokens_per_s:,.0f} tok/s "
+                    f"on {settings.device} ({get_num_threads()} thread{'s' if get_num_threads() > 1 else ''}), "
+                    + (f"prefix reuse runs {est.work / est.computed:.0%} of the naive loop's layers"
+                       if settings.fast else "naive loop (--no-fast)"))
                 continue
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "study.json").write_text(settings.to_json())
@@ -214,7 +228,19 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
                      device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log,
                      fast=settings.fast, max_rows=settings.max_rows)
             del lm
+    if dry_run and len(estimates) > 1:
+        log(f"estimate for the whole study here: up to {duration(sum(estimates))} in one process "
+            "(see workbench/estimate.py for what it leaves out)")
     return done
+
+
+def _estimate(lm, plan, settings: StudySettings, protocol):
+    from workbench.estimate import estimate
+
+    on_gpu = settings.device.startswith("cuda")
+    rows = protocol.streams if protocol.scoring == "carry" else (
+        protocol.batch_size if on_gpu else min(protocol.batch_size, 2))
+    return estimate(lm.model, plan, rows=rows, length=protocol.context, device=None, fast=settings.fast)
 
 
 def _task_tokens(tokenizer, tasks, n_items) -> int:
