@@ -158,3 +158,29 @@ def test_study_cli_dry_run_and_bad_input(tmp_path, capsys):
     assert code == 2 and "unknown task(s) ['nope']" in err
     code, _, err = invoke(["study", "--grid", "1,x", "--out", tmp_path / "s"], capsys)
     assert code == 2 and "--grid" in err
+
+
+def test_early_late_finding_uses_the_perplexity_ratio_when_the_late_third_has_no_effect():
+    """A late third with no effect makes the excess-loss ratio meaningless (here negative): the
+    finding is judged on perplexity early/late, and the excess ratio is not shown."""
+    import math
+
+    from workbench.report import _published_section, _summary_json
+
+    def thirds(late, log_diff, gradient):
+        return {"early": (1.08, 1.06, 1.10), "middle": (1.03, 1.02, 1.03), "late": late,
+                "gradient": gradient, "gradient_low": -1019.0, "gradient_high": 1530.0,
+                "log_difference": log_diff[0], "log_difference_low": log_diff[1], "log_difference_high": log_diff[2]}
+
+    flat = thirds((0.999, 0.998, 1.0), (math.log(1.08), math.log(1.06), math.log(1.10)), -194.7)
+    results = {"hybrid": {"transformer": False, "groups": [], "baseline_ppl": 100.0, "tasks": {}, "compression": {},
+                          "thirds": {"attention": flat}}}
+    text = "\n".join(_published_section(results))
+    assert "for attention holds (perplexity early/late x1.08, interval [1.06, 1.10]; the late third has no clear effect)" \
+        in text
+    assert "-194" not in text
+    assert _summary_json(results)["hybrid"]["thirds"]["attention"]["gradient"] is None
+    same = thirds((1.05, 1.04, 1.06), (0.0, -0.01, 0.01), 1.0)  # early and late alike: does not hold
+    results["hybrid"]["thirds"]["attention"] = same
+    text = "\n".join(_published_section(results))
+    assert "for attention does not hold (perplexity early/late x1.00" in text and "excess-loss ratio x1.00" in text

@@ -89,6 +89,18 @@ def _ci(t) -> str:
     return f"{_fmt(t[0])} [{_fmt(t[1])}, {_fmt(t[2])}]"
 
 
+def _ppl_early_late(t: dict) -> tuple[float, float, float]:
+    """Perplexity with the early third removed over perplexity with the late third removed."""
+    return tuple(math.exp(t[k]) if np.isfinite(t[k]) else math.nan
+                 for k in ("log_difference", "log_difference_low", "log_difference_high"))
+
+
+def _excess_defined(t: dict) -> bool:
+    """The excess-loss ratio divides by the late third's extra loss: it means something only
+    when that is clearly above zero (the late third's interval above x1)."""
+    return t["late"][1] > 1
+
+
 def model_roles(ds: xr.Dataset) -> list[str]:
     roles = {str(r) for r, k in zip(ds["roles"].values, ds["kind"].values) if str(k) == "sweep"}
     return [r for r in MIXER_NAMES if r in roles]
@@ -110,12 +122,19 @@ def _plt():
 
 
 def _plain_log(axis) -> None:
-    """Tick labels as plain numbers (1.3, 40, 1e+14) instead of matplotlib's 1.3x10^0 on short log ranges."""
+    """Tick labels as plain numbers (1.3, 40, 1e+14) instead of matplotlib's 1.3x10^0 on short log
+    ranges; past one decade only the minor ticks at 2 and 5 are labelled (all of them overlap)."""
     from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    axis.set_major_formatter(fmt)
-    axis.set_minor_formatter(fmt)
+    def minor(v, _):
+        lo, hi = sorted(axis.get_view_interval())
+        if lo > 0 and hi / lo <= 10:
+            return f"{v:g}"
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+        return f"{v:g}" if mantissa in (2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def fig_groups(name: str, rows: list[dict], path: Path) -> None:
@@ -156,8 +175,8 @@ def fig_sweep(name: str, ds: xr.Dataset, p: Pooled, path: Path) -> None:
     ax.set_yticks(range(len(roles)), [MIXER_NAMES.get(r, "whole layer") for r in roles])
     ax.set_xticks(range(n))
     ax.set_xlabel("layer (blank: the layer has no such component)")
-    ax.set_title(f"{name}: one component at a time (extra loss, nats/token)")
-    fig.colorbar(im, ax=ax, label="log(perplexity / baseline)")
+    ax.set_title(f"{name}: one component at a time", fontsize=10)
+    fig.colorbar(im, ax=ax, label="extra loss, nats/token\n= log(perplexity / baseline)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -343,12 +362,17 @@ def write_report(folder: str | Path) -> Path:
             lines.append("")
         lines += ["### 3. Where in depth does it matter?", ""]
         if r["thirds"]:
-            lines += ["| component | early third | middle third | late third | early/late excess-loss ratio |",
-                      "|---|---:|---:|---:|---:|"]
+            lines += ["| component | early third | middle third | late third | perplexity early/late | "
+                      "early/late excess-loss ratio |", "|---|---:|---:|---:|---:|---:|"]
             for role, t in r["thirds"].items():
+                excess = (_ci((t["gradient"], t["gradient_low"], t["gradient_high"])) if _excess_defined(t)
+                          else "n/a (late third: no clear effect)")
                 lines.append(f"| {MIXER_NAMES[role]} | {_ci(t['early'])} | {_ci(t['middle'])} | {_ci(t['late'])} | "
-                             f"{_ci((t['gradient'], t['gradient_low'], t['gradient_high']))} |")
-            lines.append("")
+                             f"{_ci(_ppl_early_late(t))} | {excess} |")
+            lines += ["", "Perplexity early/late: with the early third removed over with the late third removed "
+                      "(above 1: the early third matters more). The excess-loss ratio divides the extra loss of "
+                      "one by the other's; it is shown only where the late third's removal clearly raises the "
+                      "loss, since it is meaningless near zero.", ""]
         else:
             lines += ["No role has three or more layers, so there are no thirds.", ""]
         if r["compression"]:
@@ -408,7 +432,9 @@ def _summary_table(results: dict) -> list[str]:
     for model, r in results.items():
         zero = "; ".join(f"{g['role']} x{_fmt(g['zero'][0])}" for g in r["groups"])
         skip = "; ".join(f"{g['role']} x{_fmt(g['skip_layer'][0])}" for g in r["groups"])
-        grad = "; ".join(f"{role} {_fmt(t['gradient'])}" for role, t in r["thirds"].items()) or "n/a"
+        grad = "; ".join(f"{role} {_fmt(t['gradient'])}" if _excess_defined(t)
+                         else f"{role} n/a (late third no effect; ppl early/late {_fmt(_ppl_early_late(t)[0])})"
+                         for role, t in r["thirds"].items()) or "n/a"
         lines.append(f"| {model} | {_fmt(r['baseline_ppl'])} | {zero} | {skip} | {grad} |")
     return lines + [""]
 
@@ -465,10 +491,13 @@ def _published_section(results: dict) -> list[str]:
         for role, t in r["thirds"].items():
             if role == "mlp":
                 continue
-            holds = t["gradient_low"] > 1
+            ratio = _ppl_early_late(t)
+            holds = ratio[1] > 1
+            excess = (f"; excess-loss ratio x{_fmt(t['gradient'])} [{_fmt(t['gradient_low'])}, "
+                      f"{_fmt(t['gradient_high'])}]" if _excess_defined(t) else "; the late third has no clear effect")
             lines.append(f"- {model}: \"early layers matter more than late ones\" for {MIXER_NAMES[role]} "
-                         f"{'holds' if holds else 'does not hold'} (early/late x{_fmt(t['gradient'])}, "
-                         f"interval [{_fmt(t['gradient_low'])}, {_fmt(t['gradient_high'])}]).")
+                         f"{'holds' if holds else 'does not hold'} (perplexity early/late x{_fmt(ratio[0])}, "
+                         f"interval [{_fmt(ratio[1])}, {_fmt(ratio[2])}]{excess}).")
     return lines + [""]
 
 
@@ -477,7 +506,10 @@ def _summary_json(results: dict) -> dict:
     for model, r in results.items():
         out[model] = {"baseline_ppl": r["baseline_ppl"],
                       "groups": {g["role"]: {"zero": g["zero"], "skip_layer": g["skip_layer"]} for g in r["groups"]},
-                      "thirds": {k: {x: v[x] for x in ("gradient", "gradient_low", "gradient_high")}
+                      "thirds": {k: {**{x: (v[x] if _excess_defined(v) else None)
+                                        for x in ("gradient", "gradient_low", "gradient_high")},
+                                     **dict(zip(("ppl_early_late", "ppl_early_late_low", "ppl_early_late_high"),
+                                                _ppl_early_late(v)))}
                                  for k, v in r["thirds"].items()},
                       "tasks": r["tasks"],
                       "compression": {f: {f"within_{int(t * 100)}pct": _removable_ci(per, t) for t in (0.05, 0.1, 0.25)}
