@@ -6,8 +6,8 @@ condition pushes through the model and, with the fast path, the share of layers 
 conditions really runs (one clean pass, then each condition from its first edited layer on).
 Identical edits under another label are copied, not computed. It leaves out what the forward
 does not time: the unembedding every condition pays in full, per-forward costs of the carry
-protocol's one-row chunks, and other processes on the machine; measured runs came within about
-30% of it (benchmarks/results/study.md).
+protocol's one-row chunks, and other processes on the machine; on the minis it ran 15-20% below
+the measured main stores (benchmarks/results/study.md).
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ def plain_rate(model: torch.nn.Module, rows: int, length: int, device, repeats: 
     after a short warm-up)."""
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(0)).to(device)
+    on_gpu = torch.device(device).type == "cuda"
     best = float("inf")
     with torch.no_grad():
         model(input_ids=ids[:1, :8], use_cache=False)
         for _ in range(repeats):
-            if getattr(device, "type", device) == "cuda":
-                torch.cuda.synchronize()
             start = time.perf_counter()
             model(input_ids=ids, use_cache=False)
-            if getattr(device, "type", device) == "cuda":
+            if on_gpu:  # kernels run asynchronously: wait for them before reading the clock
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)
     return rows * length / best
@@ -69,11 +68,11 @@ def layer_work(iv: Intervener, plan: Plan, *, fast: bool, group_size: int, rows:
     return len(todo), work
 
 
-def estimate(model: torch.nn.Module, plan: Plan, *, rows: int, length: int, device, fast: bool = True,
-             group_size: int = 16) -> Estimate:
+def estimate(model: torch.nn.Module, plan: Plan, *, rows: int, length: int, fast: bool,
+             group_size: int) -> Estimate:
     iv = Intervener(model)
     computed, work = layer_work(iv, plan, fast=fast, group_size=group_size)
-    return Estimate(computed, work, plain_rate(model, rows, length, iv.device if device is None else device))
+    return Estimate(computed, work, plain_rate(model, rows, length, iv.device))
 
 
 def duration(seconds: float) -> str:

@@ -236,11 +236,13 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
 
 def _estimate(lm, plan, settings: StudySettings, protocol):
     from workbench.estimate import estimate
+    from workbench.runner import GROUP_SIZE
 
     on_gpu = settings.device.startswith("cuda")
     rows = protocol.streams if protocol.scoring == "carry" else (
         protocol.batch_size if on_gpu else min(protocol.batch_size, 2))
-    return estimate(lm.model, plan, rows=rows, length=protocol.context, device=None, fast=settings.fast)
+    return estimate(lm.model, plan, rows=rows, length=protocol.context, fast=settings.fast,
+                    group_size=GROUP_SIZE)
 
 
 def _task_tokens(tokenizer, tasks, n_items) -> int:
