@@ -425,8 +425,37 @@ def test_non_finite_model_is_reported_not_hidden(tmp_path, corpus_file, capsys):
     args[2] = str(folder)
     code, _, err = invoke(args, capsys)
     assert code == 2 and "baseline loss is not finite" in err
+    ds = open_store(tmp_path / "n.zarr")
+    assert not ds["complete"].any()  # a refused baseline is not a result
+    code, _, err = invoke(args, capsys)  # so the same command refuses again, not "done: 4/4"
+    assert code == 2 and "baseline loss is not finite" in err and "done:" not in err
     code, out, _ = invoke(["show", tmp_path / "n.zarr"], capsys)
-    assert code == 0 and "NON-FINITE" in out and " nan " in out
+    assert code == 0 and "0/4 conditions complete" in " ".join(out.split()) and "NON-FINITE" not in out
+
+
+def test_a_complete_non_finite_baseline_from_an_older_store_is_refused_again(tmp_path, corpus_file, capsys):
+    """Stores written before the fix hold a refused baseline marked complete: show refuses it and
+    a rerun recomputes it (and refuses the model again)."""
+    from workbench import store as store_mod
+
+    lm = load_model("random:qwen2")
+    with torch.no_grad():
+        lm.model.lm_head.weight[3] = float("nan")
+    folder = tmp_path / "nan-model"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    args = ["run", *RUN, "--corpus", corpus_file, "--out", tmp_path / "n.zarr"]
+    args[2] = str(folder)
+    assert invoke(args, capsys)[0] == 2
+    n_w = open_store(tmp_path / "n.zarr").sizes["window"]
+    store_mod.write_condition(tmp_path / "n.zarr", 0, {  # what the older runner wrote
+        "loss": np.array([np.nan]), "window_nll": np.full((1, n_w), np.nan), "elapsed_s": np.array(1.0),
+        "n_nonfinite": np.array([int((open_store(tmp_path / "n.zarr")["window_tokens"].values > 0).sum())])})
+    code, _, err = invoke(["show", tmp_path / "n.zarr"], capsys)
+    assert code == 2 and "non-finite baseline" in err and len(err.strip().splitlines()) == 1
+    code, _, err = invoke(args, capsys)
+    assert code == 2 and "failed verification and will be recomputed" in err and "baseline loss is not finite" in err
+    assert not open_store(tmp_path / "n.zarr")["complete"].any()
 
 
 def test_damaged_store_is_recomputed_on_resume_and_refused_by_show(tmp_path, store, corpus_file, capsys):
@@ -445,6 +474,40 @@ def test_damaged_store_is_recomputed_on_resume_and_refused_by_show(tmp_path, sto
     assert code == 0 and "failed verification and will be recomputed" in err
     np.testing.assert_allclose(open_store(copy)["window_nll"].values, good, rtol=1e-6)
     assert invoke(["show", copy], capsys)[0] == 0
+
+
+def test_deleted_loss_and_window_nll_chunks_are_damage_not_a_nan_result(tmp_path, store, corpus_file, capsys):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    good = open_store(copy)["window_nll"].values.copy()
+    for name in ("loss", "window_nll"):  # both chunks of condition 1: every value reads as NaN
+        next((copy / name).glob("1.*")).unlink()
+    code, _, err = invoke(["show", copy], capsys)
+    lines = [x for x in err.strip().splitlines() if x]
+    assert code == 2 and len(lines) == 1 and "missing data (loss, window_nll" in lines[0], err
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", copy], capsys)
+    assert code == 0 and "failed verification and will be recomputed" in err and "computed 1 condition" in err
+    np.testing.assert_allclose(open_store(copy)["window_nll"].values, good, rtol=1e-6)
+    assert invoke(["show", copy], capsys)[0] == 0
+
+
+def test_a_genuine_non_finite_ablation_still_reads_as_a_result(tmp_path, store, capsys):
+    import shutil
+
+    from workbench import store as store_mod
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    ds = open_store(copy)
+    scored = ds["window_tokens"].values > 0
+    nll = ds["window_nll"].values[1].copy()
+    nll[scored] = np.nan  # NaN logits from the edit: a result, every scored window non-finite
+    store_mod.write_condition(copy, 1, {"loss": np.array([np.nan]), "window_nll": nll,
+                                        "n_nonfinite": scored.sum(axis=1).astype(np.int32)})
+    code, out, err = invoke(["show", copy], capsys)
+    assert code == 0 and "NON-FINITE" in out and "QC NON-FINITE" in err
 
 
 def test_stale_layout_folders_are_cleaned(tmp_path, corpus_file, capsys):

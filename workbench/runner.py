@@ -495,6 +495,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
 
     forwards = ConditionForwards(iv, reference, protocol, plan, reference_is_scored)
     total_tokens = sum(int(sum(m["window_tokens"])) for m in meta)
+    scored = ds["window_tokens"].values > 0  # the windows store.verify checks
     rows = max_rows or auto_rows(loaded.model, protocol.context, protocol.stride + 1, protocol.batch_size, iv.device)
     baseline_nll = None
 
@@ -564,9 +565,11 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                 nonlocal baseline_nll, computed, copied
                 if base_idx is not None and baseline_nll is None and base_idx not in group:
                     claims.wait_claim(base_idx)  # another process may be computing the baseline
-                    claims.release(base_idx)
                     if store.is_complete(out, base_idx):
+                        claims.release(base_idx)
                         baseline_nll = store.open_store(out)["window_nll"].isel(condition=base_idx).values
+                    else:  # its holder died or refused it: compute it here first (its claim is ours now)
+                        group = [base_idx] + list(group)
                 fresh = []
                 for i in group:
                     twin = _completed_twin(out, plan, i)
@@ -605,8 +608,15 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                                            np.nanmax(same, axis=1) > 1e-6).astype(np.int8)
                     else:
                         changed = np.full(len(corpora), -1, dtype=np.int8)
+                    if cond.kind == "baseline":  # refused before it is written: a rerun refuses again
+                        bad = [k.name for k, x in zip(corpora, loss) if not np.isfinite(x)]
+                        if bad:
+                            raise RunError(f"the baseline loss is not finite on {', '.join(bad)} "
+                                           f"({', '.join(str(x) for x in loss)}): the model's weights or "
+                                           "logits are not finite; no condition was run")
                     store.write_condition(out, i, {
                         "loss": loss, "perplexity": ppl, "bits_per_byte": bpb, "window_nll": nll,
+                        "n_nonfinite": (~np.isfinite(np.where(scored, nll, 0.0))).sum(axis=1).astype(np.int32),
                         "qc_changed": changed, "qc_fired": np.array(fired_ok),
                         "n_edits": np.array(len(cond.targets), dtype=np.int32),
                         "elapsed_s": np.array(elapsed), **task_values,
@@ -614,11 +624,6 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     computed += 1
                     if cond.kind == "baseline":
                         baseline_nll = nll
-                        bad = [k.name for k, x in zip(corpora, loss) if not np.isfinite(x)]
-                        if bad:
-                            raise RunError(f"the baseline loss is not finite on {', '.join(bad)} "
-                                           f"({', '.join(str(x) for x in loss)}): the model's weights or "
-                                           "logits are not finite; no condition was run")
 
             def claimed(group: list[int]) -> None:
                 """Compute the conditions of ``group`` (claimed by this process) not yet done."""

@@ -98,6 +98,9 @@ def template(plan: "Plan", corpora, attrs: dict, tasks: xr.Dataset | None = None
             "bits_per_byte": (("condition", "corpus"), nan2.copy()),
             "window_nll": (("condition", "corpus", "window"), np.full((n_c, n_k, n_w), np.nan),
                            {"description": "summed NLL (nats) of the tokens each window scores"}),
+            "n_nonfinite": (("condition", "corpus"), np.full((n_c, n_k), -1, dtype=np.int32),
+                            {"description": "scored windows whose NLL is not finite (-1: not computed); "
+                                            "tells a genuine non-finite result from lost chunks"}),
             "qc_changed": (("condition", "corpus"), np.full((n_c, n_k), -1, dtype=np.int8),
                            {"description": "1: output differs from baseline, 0: identical, -1: not checked"}),
             "qc_fired": ("condition", np.zeros(n_c, dtype=bool),
@@ -250,7 +253,8 @@ def _write_region(path, index: int, body: dict) -> None:
 def write_condition(path: str | Path, index: int, values: dict[str, np.ndarray]) -> None:
     """Write one condition's results into its region, then mark it complete."""
     dims = {name: var.dims for name, var in xr.open_zarr(path, **ZARR, consolidated=True).data_vars.items()}
-    body = {name: (dims[name], np.asarray(value)[None]) for name, value in values.items()}
+    body = {name: (dims[name], np.asarray(value)[None]) for name, value in values.items()
+            if name in dims or name not in OPTIONAL_VARS}  # stores laid out before a variable existed
     _write_region(path, index, body)
     _write_region(path, index, {"complete": (("condition",), np.array([True]))})
 
@@ -272,18 +276,22 @@ def verify(ds: xr.Dataset) -> dict[int, str]:
     A deleted chunk reads as its fill value (NaN), so every complete condition must have a
     finite elapsed time and, where its loss is finite, finite window NLLs at every scored window
     that sum to that loss. A non-finite loss is a result (NaN logits), not damage, when the
-    window NLLs agree with it.
+    window NLLs agree with it and with the count of non-finite windows recorded beside them
+    (``n_nonfinite``: deleted ``loss`` and ``window_nll`` chunks read as all-NaN, which that
+    count contradicts). A complete baseline with a non-finite loss is a result the runner refuses
+    (stores written before it stopped marking one complete): it is recomputed, and refused again.
     """
     problems: dict[int, str] = {}
     try:
         done = np.flatnonzero(ds["complete"].values)
         tokens = ds["window_tokens"].values
+        kinds = ds["kind"].values
     except Exception as exc:
         return {-1: f"store index unreadable ({type(exc).__name__}: {exc})"}
     scored = tokens > 0
     for i in done:
         try:
-            row = {name: ds[name].isel(condition=int(i)).values for name in RESULT_VARS}
+            row = {name: ds[name].isel(condition=int(i)).values for name in RESULT_VARS if name in ds}
         except Exception as exc:  # a truncated chunk fails to decompress
             problems[int(i)] = f"unreadable ({type(exc).__name__})"
             continue
@@ -302,6 +310,11 @@ def verify(ds: xr.Dataset) -> dict[int, str]:
             elif np.isnan(loss) and np.isfinite(w).all():
                 problems[int(i)] = f"missing data (loss, corpus {j})"
                 break
+            if "n_nonfinite" in row and row["n_nonfinite"][j] != (~np.isfinite(w)).sum():
+                problems[int(i)] = f"missing data (loss, window_nll or their non-finite count, corpus {j})"
+                break
+        if int(i) not in problems and kinds[i] == "baseline" and not np.isfinite(row["loss"]).all():
+            problems[int(i)] = "non-finite baseline loss (refused, not a result)"
         if "accuracy" in ds and int(i) not in problems:
             try:
                 correct = ds["correct"].isel(condition=int(i)).values
@@ -316,8 +329,9 @@ def verify(ds: xr.Dataset) -> dict[int, str]:
     return problems
 
 
-RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "qc_changed", "qc_fired",
+RESULT_VARS = ("loss", "perplexity", "bits_per_byte", "window_nll", "n_nonfinite", "qc_changed", "qc_fired",
                "n_edits", "elapsed_s")
+OPTIONAL_VARS = ("n_nonfinite",)  # absent from stores laid out before it existed
 TASK_VARS = ("correct", "loglik", "accuracy")
 
 
