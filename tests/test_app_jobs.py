@@ -15,13 +15,16 @@ import pytest
 from workbench import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-# A stand-in for the workbench CLI: records when it starts and ends, exits 130 on SIGINT.
+# A stand-in for the workbench CLI: records when it starts and ends, exits 130 on SIGINT. Its
+# controls ride on options the queue's allow-list takes: --max-tokens MS sleeps MS milliseconds,
+# --dry-run fails (status 3); the trace goes beside the runs folder.
 FAKE = '''
 import json, sys, time
+from pathlib import Path
 args = sys.argv[1:]
 out = args[args.index("--out") + 1]
-secs = float(args[args.index("--sleep") + 1]) if "--sleep" in args else 0.2
-trace = args[args.index("--trace") + 1]
+secs = int(args[args.index("--max-tokens") + 1]) / 1000 if "--max-tokens" in args else 0.2
+trace = Path(out).parent.parent / "trace.jsonl"
 def mark(what):
     with open(trace, "a") as fh:
         fh.write(json.dumps({"out": out, "what": what, "t": time.time()}) + "\\n")
@@ -33,7 +36,7 @@ except KeyboardInterrupt:
     mark("interrupted")
     sys.exit(130)
 mark("end")
-sys.exit(3 if "--fail" in args else 0)
+sys.exit(3 if "--dry-run" in args else 0)
 '''
 
 
@@ -46,8 +49,7 @@ def runs(tmp_path):
 
 
 def _submit(runs, out, *extra, start=True, owner="ana"):
-    trace = runs.parent / "trace.jsonl"
-    return jobs.submit(runs, ["run", "--out", out, "--trace", str(trace), *extra], owner=owner, start=start,
+    return jobs.submit(runs, ["run", "--out", out, *extra], owner=owner, start=start,
                        program=[str(runs.parent / "fake.py")])
 
 
@@ -74,7 +76,7 @@ def _wait_runner_gone(runs, device="cpu", timeout=20.0):
 
 
 def test_queue_runs_in_order_one_at_a_time(runs):
-    ids = [_submit(runs, f"s{i}.zarr", "--sleep", "0.4", start=False).id for i in range(3)]
+    ids = [_submit(runs, f"s{i}.zarr", "--max-tokens", "400", start=False).id for i in range(3)]
     assert [j.state for j in jobs.list_jobs(runs)] == ["queued"] * 3
     pid = jobs.ensure_runner(runs, "cpu")
     assert pid and jobs.ensure_runner(runs, "cpu") is None  # one runner per device
@@ -93,16 +95,16 @@ def test_queue_runs_in_order_one_at_a_time(runs):
 
 
 def test_duplicate_output_is_refused_until_the_first_job_ends(runs):
-    first = _submit(runs, "same.zarr", "--sleep", "0.5")
+    first = _submit(runs, "same.zarr", "--max-tokens", "500")
     with pytest.raises(jobs.JobError, match="already the output of job"):
         _submit(runs, str(runs / "same.zarr"), owner="ben")  # the same store, spelled absolutely
     with pytest.raises(jobs.JobError, match="overlaps"):
-        jobs.submit(runs, ["study", "--out", str(runs)], program=[str(runs.parent / "fake.py")], start=False)
+        jobs.submit(runs, ["study", "--out", "same.zarr/inner"], program=[str(runs.parent / "fake.py")], start=False)
     with pytest.raises(jobs.JobError, match="one of: run, study, diagnose"):
         jobs.submit(runs, ["train", "--out", "x"], start=False)
     with pytest.raises(jobs.JobError, match="needs --out"):
         jobs.submit(runs, ["run", "--model", "m"], start=False)
-    with pytest.raises(jobs.JobError, match="needs the STORE"):
+    with pytest.raises(jobs.JobError, match="takes one STORE"):
         jobs.submit(runs, ["diagnose", "--tokens", "64"], start=False)
     assert jobs.output_of(["diagnose", "--tokens", "64", "a.zarr"], runs) == (runs / "a.zarr").resolve()
     assert jobs.output_of(["diagnose", "--workers", "2", "a.zarr"], runs) == (runs / "a.zarr").resolve()
@@ -114,13 +116,13 @@ def test_duplicate_output_is_refused_until_the_first_job_ends(runs):
 
 
 def test_failed_job_is_failed(runs):
-    job = _submit(runs, "bad.zarr", "--fail")
+    job = _submit(runs, "bad.zarr", "--dry-run")
     done = _wait(runs, job.id)
     assert done.state == "failed" and done.returncode == 3
 
 
 def test_cancel_running_gives_130_and_queued_never_starts(runs):
-    running = _submit(runs, "long.zarr", "--sleep", "30")
+    running = _submit(runs, "long.zarr", "--max-tokens", "30000")
     queued = _submit(runs, "next.zarr")
     _wait(runs, running.id, states=("running",))
     end = time.time() + 20
@@ -136,7 +138,7 @@ def test_cancel_running_gives_130_and_queued_never_starts(runs):
 
 
 def test_dead_runner_is_restarted_and_picks_up_queued_jobs(runs):
-    first = _submit(runs, "a.zarr", "--sleep", "1.5")
+    first = _submit(runs, "a.zarr", "--max-tokens", "1500")
     second = _submit(runs, "b.zarr")
     _wait(runs, first.id, states=("running",))
     lock = jobs._runner_lock(runs, "cpu")
@@ -159,8 +161,8 @@ def test_dead_runner_is_restarted_and_picks_up_queued_jobs(runs):
 
 
 def test_job_outlives_the_process_that_submitted_it(runs):
-    code = (f"from workbench import jobs; j = jobs.submit({str(runs)!r}, ['run', '--out', 'x.zarr', '--sleep', '1', "
-            f"'--trace', {str(runs.parent / 'trace.jsonl')!r}], program=[{str(runs.parent / 'fake.py')!r}]); "
+    code = (f"from workbench import jobs; j = jobs.submit({str(runs)!r}, ['run', '--out', 'x.zarr', "
+            f"'--max-tokens', '1000'], program=[{str(runs.parent / 'fake.py')!r}]); "
             "print(j.id)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
@@ -172,7 +174,8 @@ def test_job_outlives_the_process_that_submitted_it(runs):
 @pytest.mark.slow
 def test_cancelling_a_real_run_exits_130_and_leaves_a_partial_store(tmp_path):
     runs = tmp_path / "runs"
-    corpus = tmp_path / "long.txt"
+    runs.mkdir()
+    corpus = runs / "long.txt"  # a launched corpus is a built-in name or a file in the runs folder
     corpus.write_text("It was the best of times, it was the worst of times. " * 60)
     # --no-fast: conditions complete one at a time (the fast path writes a group at once)
     argv = ["run", "--model", "random:qwen2", "--preset", "sweep", "--corpus", str(corpus), "--context", "32",
@@ -213,8 +216,7 @@ def scheduler():
 
 
 def _send(runs, scheduler, out, *extra, owner="ana"):
-    trace = runs.parent / "trace.jsonl"
-    return jobs.submit(runs, ["run", "--out", out, "--trace", str(trace), *extra], owner=owner,
+    return jobs.submit(runs, ["run", "--out", out, *extra], owner=owner,
                        program=[str(runs.parent / "fake.py")], scheduler=scheduler)
 
 
@@ -226,7 +228,7 @@ def _spans(runs) -> dict[str, tuple[float, float]]:
 
 
 def test_scheduler_runs_cpu_jobs_in_order_one_at_a_time(runs, scheduler):
-    ids = [_send(runs, scheduler, f"s{i}.zarr", "--sleep", "0.4", owner=f"user{i}").id for i in range(3)]
+    ids = [_send(runs, scheduler, f"s{i}.zarr", "--max-tokens", "400", owner=f"user{i}").id for i in range(3)]
     for i in ids:
         done = _wait(runs, i)
         assert (done.state, done.returncode, done.scheduler) == ("done", 0, scheduler)
@@ -240,8 +242,8 @@ def test_scheduler_runs_cpu_jobs_in_order_one_at_a_time(runs, scheduler):
 
 
 def test_one_gpu_never_runs_two_jobs(runs, scheduler):
-    gpu = [_send(runs, scheduler, f"g{i}.zarr", "--sleep", "1", "--device", "cuda") for i in range(2)]
-    cpu = _send(runs, scheduler, "c.zarr", "--sleep", "0.2")
+    gpu = [_send(runs, scheduler, f"g{i}.zarr", "--max-tokens", "1000", "--device", "cuda") for i in range(2)]
+    cpu = _send(runs, scheduler, "c.zarr", "--max-tokens", "200")
     assert [j.resources for j in gpu + [cpu]] == [{"GPU": 1}, {"GPU": 1}, {"CPU": 1}]
     for j in gpu + [cpu]:
         assert _wait(runs, j.id).state == "done"
@@ -253,7 +255,7 @@ def test_one_gpu_never_runs_two_jobs(runs, scheduler):
 
 
 def test_scheduler_cancel_running_and_queued(runs, scheduler):
-    running = _send(runs, scheduler, "long.zarr", "--sleep", "30")
+    running = _send(runs, scheduler, "long.zarr", "--max-tokens", "30000")
     queued = _send(runs, scheduler, "next.zarr")
     _wait(runs, running.id, states=("running",))
     end = time.time() + 20
@@ -269,20 +271,22 @@ def test_scheduler_cancel_running_and_queued(runs, scheduler):
 
 
 def test_sending_again_runs_a_job_once_and_fan_out_is_refused(runs, scheduler):
-    job = _send(runs, scheduler, "once.zarr", "--sleep", "0.5")
+    job = _send(runs, scheduler, "once.zarr", "--max-tokens", "500")
     jobs.send_queued(runs)  # what the app does on start: the scheduler has it already
     assert _wait(runs, job.id).state == "done"
     time.sleep(0.5)
     assert [t["what"] for t in _trace(runs)] == ["start", "end"]
-    for fan_out in (["--workers", "2"], ["--cluster=tcp://x:1"]):
-        with pytest.raises(jobs.JobError, match="one task on one worker"):
-            _send(runs, scheduler, "fan.zarr", *fan_out)
+    with pytest.raises(jobs.JobError, match="one task on one worker"):
+        _send(runs, scheduler, "fan.zarr", "--workers", "2")
+    with pytest.raises(jobs.JobError, match="'--cluster' is not allowed here"):
+        _send(runs, scheduler, "fan.zarr", "--cluster=tcp://x:1")
 
 
 @pytest.mark.slow
 def test_a_real_run_through_the_scheduler(tmp_path, scheduler):
     runs = tmp_path / "runs"
-    corpus = tmp_path / "text.txt"
+    runs.mkdir()
+    corpus = runs / "text.txt"
     corpus.write_text("It was the best of times, it was the worst of times. " * 20)
     argv = ["run", "--model", "random:qwen2", "--preset", "smoke", "--corpus", str(corpus), "--context", "32",
             "--stride", "16", "--max-tokens", "200", "--out", "r.zarr"]
@@ -300,7 +304,7 @@ def test_app_names_the_scheduler_and_where_jobs_ran(runs, scheduler, monkeypatch
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    job = _wait(runs, _send(runs, scheduler, "p.zarr", "--sleep", "0.1").id)
+    job = _wait(runs, _send(runs, scheduler, "p.zarr", "--max-tokens", "100").id)
     monkeypatch.setenv(jobs.CLUSTER_ENV, scheduler)
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--runs", str(runs)])
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()

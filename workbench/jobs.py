@@ -14,6 +14,12 @@ SIGINT to that process group: the workbench exits 130 and its store stays resuma
 Two jobs never write the same store: a job whose output is already the output of a queued or
 running job is refused.
 
+Only the workbench's own commands run, with checked options (``workbench/job_argv.py``: an
+allow-list, every path inside the runs folder), checked when a job is submitted and again before
+it runs. Each job file is signed (HMAC-SHA256) with a secret of the runs folder,
+``RUNS/.jobs/.secret`` (mode 0600, owned by the queue's user): a file the queue did not write
+(no valid signature) is neither listed nor run, so write access to ``RUNS/.jobs/`` runs no code.
+
 Through a Dask scheduler (``submit(..., scheduler=ADDRESS)``; the app started with ``--cluster``):
 each job is one task ``run_job(RUNS, ID)``, kept by the scheduler with ``fire_and_forget`` (it
 runs whether or not the app is open), needing the resource ``GPU=1`` (a CUDA job) or ``CPU=1``
@@ -32,6 +38,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -43,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+from workbench import job_argv
 from workbench.cluster_options import fifo_priority
 
 JOBS = ".jobs"
@@ -78,6 +87,7 @@ class Job:
     program: list[str] = dataclasses.field(default_factory=lambda: list(PROGRAM))
     scheduler: str = ""  # the Dask scheduler that runs it; "" for this machine's runner
     host: str = ""  # where it runs (jobs sent to a scheduler)
+    sig: str = ""  # HMAC of every other field with the runs folder's secret
 
     @property
     def command(self) -> str:
@@ -113,28 +123,81 @@ def _locked(runs):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+SECRET = ".secret"
+
+
+def _secret(runs, create: bool = False) -> bytes | None:
+    """The runs folder's signing key (made on first use, 0600); None when absent and not made.
+
+    One owned by another user or readable by others is refused: whoever could replace or read
+    it could sign job files."""
+    path = jobs_dir(runs) / SECRET
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{SECRET}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic and never replaces: two first writers agree on one key
+        tmp.unlink()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise JobError(f"{path} must belong to this user and be readable by no one else (chmod 600); "
+                       "job files are not trusted until it is")
+    return path.read_bytes()
+
+
+def _signature(key: bytes, data: dict) -> str:
+    body = json.dumps({k: v for k, v in data.items() if k != "sig"}, sort_keys=True).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
 def _write(runs, job: Job) -> None:
     path = jobs_dir(runs) / f"{job.id}.json"
+    job.sig = _signature(_secret(runs, create=True), dataclasses.asdict(job))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(job), indent=1))
     os.replace(tmp, path)  # readers never see half a file
 
 
+def _load(path: Path, key: bytes | None) -> Job:
+    """A job file the queue wrote; JobError for any other (unsigned, edited, malformed)."""
+    try:
+        data = json.loads(path.read_text())
+        job = Job(**data)
+    except (ValueError, TypeError):
+        raise JobError(f"{path} is not a job file") from None
+    if key is None or not hmac.compare_digest(str(data.get("sig", "")), _signature(key, data)):
+        raise JobError(f"{path} was not written by this queue (its signature does not match); it is ignored")
+    return job
+
+
 def read_job(runs, job_id: str) -> Job:
     path = jobs_dir(runs) / f"{job_id}.json"
     try:
-        return Job(**json.loads(path.read_text()))
+        return _load(path, _secret(runs))
     except FileNotFoundError:
         raise JobError(f"no job {job_id!r} in {jobs_dir(runs)}") from None
 
 
 def list_jobs(runs) -> list[Job]:
-    """Every job of the runs folder, oldest first (the queue order)."""
+    """Every job of the runs folder, oldest first (the queue order); files the queue did not
+    write are left out."""
     folder = jobs_dir(runs)
+    if not folder.is_dir():
+        return []
+    try:
+        key = _secret(runs)
+    except JobError:
+        return []
     out = []
-    for p in folder.glob("*.json") if folder.is_dir() else ():
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            out.append(Job(**json.loads(p.read_text())))
+    for p in folder.glob("*.json"):
+        with contextlib.suppress(OSError, JobError):
+            out.append(_load(p, key))
     return sorted(out, key=lambda j: (j.created, j.id))
 
 
@@ -150,29 +213,20 @@ def _option(argv: list[str], *names: str) -> str | None:
     return None
 
 
+def checked(argv: list[str], runs) -> tuple[list[str], Path]:
+    """``argv`` checked against the allow-list (job_argv.check): one spelling, resolved paths,
+    and the output it writes; JobError otherwise."""
+    try:
+        return job_argv.check(argv, jobs_dir(runs).parent)
+    except job_argv.ArgvError as exc:
+        raise JobError(str(exc)) from None
+
+
 def output_of(argv: list[str], runs) -> Path:
     """The store or folder a command writes (its ``--out``, or diagnose's STORE), resolved
-    against the runs folder when relative."""
-    if not argv or argv[0] not in COMMANDS:
-        raise JobError(f"a job runs one of: {', '.join(COMMANDS)}; got {argv[:1]}")
-    if argv[0] == "diagnose":
-        rest = [a for a in argv[1:] if not a.startswith("-")]
-        flags_with_values = {_option(argv, f) for f in ("--tokens", "--corpus", "--diagnostics", "--batch-size",
-                                                        "--seed", "--windows", "--max-diag-tokens", "--map-layer",
-                                                        "--map-methods", "--probe-layers", "--device",
-                                                        "--cluster", "--workers", "--threads-per-worker")}
-        stores = [a for a in rest if a not in flags_with_values]
-        if not stores:
-            raise JobError("diagnose needs the STORE to diagnose")
-        if len(stores) > 1:
-            raise JobError(f"a diagnose job takes one STORE (got {', '.join(stores)}); launch one job per store")
-        out = stores[0]
-    else:
-        out = _option(argv, "--out", "-o")
-        if not out:
-            raise JobError(f"{argv[0]} needs --out (the store it writes)")
-    path = Path(out).expanduser()
-    return (path if path.is_absolute() else Path(runs).expanduser().resolve() / path).resolve()
+    inside the runs folder; the command is checked whole (a repeated --out, an option that is
+    not one of the command's, a path outside the runs folder: JobError)."""
+    return checked(argv, runs)[1]
 
 
 def _device(argv: list[str], out: Path) -> str:
@@ -192,10 +246,15 @@ def submit(runs, argv: list[str], owner: str = "", *, start: bool = True, progra
 
     Refused: a command other than run/study/diagnose, and an output that a queued or running
     job already writes (two processes would write one store); with a scheduler also a command
-    that would fan out itself (``--workers``/``--cluster``). ``program``: what ``python`` runs
-    with ARGV (the workbench CLI; tests put a stand-in script there)."""
-    argv = [str(a) for a in argv]
-    out = output_of(argv, runs)
+    that would fan out itself (``--workers``/``--cluster``), any option or path job_argv refuses,
+    and an owner name that is not plain words. ``program``: what ``python`` runs with ARGV (the
+    workbench CLI; tests put a stand-in script there). It is signed with the job, so only a
+    caller of this function sets it, never a file dropped in the queue."""
+    argv, out = checked(argv, runs)
+    try:
+        owner = job_argv.check_owner(owner)
+    except job_argv.ArgvError as exc:
+        raise JobError(str(exc)) from None
     device = _device(argv, out)
     if scheduler and any(a in FAN_OUT or a.split("=", 1)[0] in FAN_OUT for a in argv):
         raise JobError("a job sent to the scheduler runs as one task on one worker; drop --workers/--cluster "
@@ -273,15 +332,18 @@ def send_queued(runs) -> list[str]:
     return sent
 
 
-def cancel(runs, job_id: str) -> Job:
-    """A queued job is dropped; a running one gets SIGINT (it exits 130, its store resumable)."""
+def cancel(runs, job_id: str, by: str = "") -> Job:
+    """A queued job is dropped; a running one gets SIGINT (it exits 130, its store resumable).
+    ``by``: who asked, kept in the job's note."""
+    by = f" by {by}" if by else ""
     with _locked(runs):
         job = read_job(runs, job_id)
         if job.state == "queued":
-            job.state, job.ended, job.note = "cancelled", time.time(), "cancelled before it started"
+            job.state, job.ended, job.note = "cancelled", time.time(), f"cancelled{by} before it started"
             _write(runs, job)
         elif job.state == "running":
             job.cancel_requested = True
+            job.note = f"cancel requested{by}"
             _write(runs, job)
             if job.pid and not job.scheduler:  # a scheduler's job: its task sees the request
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -343,7 +405,8 @@ def _env() -> dict:
     malloc setting a Dask worker may have been started with (it slows torch on the CPU)."""
     root = str(Path(__file__).resolve().parents[1])
     path = os.environ.get("PYTHONPATH", "")
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    # nor the app's launch token: a job has no use for it
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "WORKBENCH_LAUNCH_TOKEN")}
     return {**env, "PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1"}
 
 
@@ -489,11 +552,21 @@ def exec_job(runs, job_id: str, *, watch: bool = False) -> int:
     By default the command runs in this process group (the runner's wrapper, which cancel()
     signals). ``watch`` (a scheduler's task): in a group of its own, recorded as the job's pid,
     interrupted when the job file asks for a cancel."""
-    job = read_job(runs, job_id)
+    job = read_job(runs, job_id)  # a file the queue signed
+    try:  # and a command the allow-list still takes (it may have changed since the job was queued)
+        argv, _ = checked(job.argv, runs)
+        if Path(job.log).parent != jobs_dir(runs):
+            raise JobError(f"its log {job.log} is not in {jobs_dir(runs)}")
+    except JobError as exc:
+        with _locked(runs):
+            now = read_job(runs, job_id)
+            now.state, now.ended, now.returncode, now.note = "failed", time.time(), 2, f"refused: {exc}"
+            _write(runs, now)
+        return 2
     with open(job.log, "ab") as log:
         log.write(f"$ {job.command}\n".encode())
         log.flush()
-        child = subprocess.Popen([sys.executable, *job.program, *job.argv], stdin=subprocess.DEVNULL,
+        child = subprocess.Popen([sys.executable, *job.program, *argv], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                  cwd=str(jobs_dir(runs).parent), start_new_session=watch)
         if watch:
