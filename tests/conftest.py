@@ -51,6 +51,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "compat(check): a check reported in the compatibility matrix")
 
 
+# A check's status across its cases: one failure fails it, one pass beats skips (order-free, so
+# the matrix is the same whichever xdist worker ran which case).
+_RANK = {"skip": 0, "pass": 1, "FAIL": 2}
+
+
+def _merge(into: dict[str, dict[str, str]], results: dict[str, dict[str, str]]) -> None:
+    for family, checks in results.items():
+        for check, status in checks.items():
+            prev = into.setdefault(family, {}).get(check)
+            if prev is None or _RANK[status] > _RANK[prev]:
+                into[family][check] = status
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -60,14 +73,21 @@ def pytest_runtest_makereport(item, call):
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         family = families()[item.callspec.params["family"]].name
-        check = marker.args[0]
         status = "pass" if report.outcome == "passed" else "skip" if report.skipped else "FAIL"
-        prev = _results.setdefault(family, {}).get(check)
-        if prev != "FAIL":  # one failing case fails the check
-            _results[family][check] = status
+        _merge(_results, {family: {marker.args[0]: status}})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist: a worker's results reach the controller, which writes the file."""
+    _merge(_results, node.workeroutput.get("compat", {}))
 
 
 def pytest_sessionfinish(session, exitstatus):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the results to the controller
+        workeroutput["compat"] = _results
+        return
     if not _results:
         return
     COMPAT_FILE.parent.mkdir(exist_ok=True)

@@ -108,4 +108,5 @@ def test_spec_file(tmp_path, qwen35):
     bad.write_text("generators:\n  - {kind: groups, role: attention}\n")
     with pytest.raises(PlanError, match="malformed plan"):
         load_spec(bad)
-    assert isinstance(PlanSpec(), PlanSpec)
+    with pytest.raises(PlanError, match="no ablation conditions"):  # the baseline alone is no plan
+        resolve(PlanSpec(), qwen35)
