@@ -1,12 +1,16 @@
 """Launch: start `workbench run`, `study` or `diagnose` as a background job in the runs folder's
 queue (workbench/jobs.py), and follow every job of the machine: state, store progress, log tail.
-With a Dask scheduler (`workbench app --cluster ADDRESS`) jobs are sent to its workers instead."""
+With a Dask scheduler (`workbench app --cluster ADDRESS`) jobs are sent to its workers instead.
+
+Who may do what is in docs/app.md ("Who can do what"): the form's command is checked against the
+queue's allow-list (workbench/job_argv.py) before it is shown or queued; visitor-typed text is
+drawn as text, never as Markdown."""
 
 from __future__ import annotations
 
 import hmac
-import re
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -15,12 +19,20 @@ import pandas as pd
 import streamlit as st
 
 from workbench import app_data as ad
-from workbench import jobs
+from workbench import job_argv, jobs
 
 TOKEN_ENV = "WORKBENCH_LAUNCH_TOKEN"
 MODELS = ["mini-qwen3.5", "mini-falcon-h1", "mini-qwen2.5"]
 PRESETS = ["groups", "smoke", "sweep", "study"]
 CORPORA = "encyclopedic"
+FREE_TRIES = 5  # wrong tokens before each further try waits, 2 s doubling up to MAX_WAIT_S
+MAX_WAIT_S = 300
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$])")
+
+
+def plain(text: str) -> str:
+    """Visitor-typed text inside Markdown (labels, alerts) shown as typed: no links, images or styles."""
+    return MARKDOWN.sub(r"\\\1", str(text))
 
 
 def launch_token() -> str:
@@ -32,13 +44,34 @@ def scheduler() -> str:
     return os.environ.get(jobs.CLUSTER_ENV, "").strip()
 
 
+def same_token(given: str, token: str) -> bool:
+    """Constant-time, on bytes: compare_digest refuses str with non-ASCII characters."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
 def allowed() -> bool:
     token = launch_token()
-    return bool(token) and hmac.compare_digest(st.session_state.get("launch_token_given", ""), token)
+    return bool(token) and same_token(st.session_state.get("launch_token_given", ""), token)
 
 
-def inside(folder: Path, out: Path) -> bool:
-    return out == folder or folder in out.parents
+def wait_left(now: float | None = None) -> float:
+    """Seconds this session must still wait before its next token try (0 within FREE_TRIES)."""
+    return max(0.0, st.session_state.get("launch_token_retry_at", 0.0) - (now or time.time()))
+
+
+def try_token(given: str) -> str | None:
+    """Check a typed token (rate-limited per session); an error line, or None when accepted."""
+    left = wait_left()
+    if left:
+        return f"Too many wrong tokens: try again in {left:.0f} s."
+    if same_token(given, launch_token()):
+        st.session_state["launch_token_given"] = given
+        st.session_state["launch_token_failures"] = 0
+        return None
+    failures = st.session_state["launch_token_failures"] = st.session_state.get("launch_token_failures", 0) + 1
+    if failures >= FREE_TRIES:
+        st.session_state["launch_token_retry_at"] = time.time() + min(MAX_WAIT_S, 2 ** (failures - FREE_TRIES + 1))
+    return "That is not the launch token."
 
 
 def command_form(folder: Path) -> list[str] | None:
@@ -59,7 +92,9 @@ def command_form(folder: Path) -> list[str] | None:
             models = c1.text_input("Models (comma-separated)", value="mini-qwen3.5,mini-falcon-h1", key="launch_models")
             out = c2.text_input("Study folder (in the runs folder)", value="study", key="launch_study_out")
             argv = ["study", "--models", models]
-        corpus = c2.text_input("Corpora (names or files, comma-separated)", value=CORPORA, key="launch_corpus")
+        corpus = c2.text_input("Corpora (names or files, comma-separated)", value=CORPORA, key="launch_corpus",
+                               help=f"built-in: {', '.join(job_argv.builtin_corpora())}; or text files inside the "
+                                    "runs folder (hf: datasets only from a shell)")
         max_tokens = c1.number_input("Max tokens per corpus (0: all)", min_value=0, value=4096, step=1024,
                                      key="launch_max_tokens")
         for c in [x.strip() for x in corpus.split(",") if x.strip()]:
@@ -77,19 +112,21 @@ def command_form(folder: Path) -> list[str] | None:
         n = c2.number_input("Tokens to sample", min_value=64, value=2048, step=256, key="launch_tokens")
         argv, out = ["diagnose", "--tokens", str(int(n))], store
     extra = st.text_input("More options", key=f"launch_extra:{what}", placeholder="--context 256 --device cuda",
-                          help=f"any options of `workbench {what}` (see `workbench {what} --help`)")
+                          help=f"options of `workbench {what}` (see `workbench {what} --help`), except --cluster; "
+                               "paths inside the runs folder")
     try:
         argv += shlex.split(extra)
     except ValueError as exc:
-        st.error(f"More options: {exc}")
+        st.error(plain(f"More options: {exc}"))
         return None
     if not out.strip():
         return None
-    path = (folder / out.strip()).resolve() if not Path(out).is_absolute() else Path(out).resolve()
-    if not inside(folder, path):
-        st.error(f"`{out}` is outside the runs folder `{folder}`; jobs write only there.")
+    argv += [out.strip()] if what == "diagnose" else ["--out", out.strip()]
+    try:  # the queue's own allow-list: what is shown is what runs
+        return jobs.checked(argv, folder)[0]
+    except jobs.JobError as exc:
+        st.error(plain(exc))
         return None
-    return argv + ([str(path)] if what == "diagnose" else ["--out", str(path)])
 
 
 def job_table(all_jobs: list[jobs.Job]) -> pd.DataFrame:
@@ -98,6 +135,7 @@ def job_table(all_jobs: list[jobs.Job]) -> pd.DataFrame:
     for j in reversed(all_jobs):
         took = (j.ended or now) - j.started if j.started else None
         prog = jobs.progress(j) if j.state in ("running", "done", "cancelled", "failed") else None
+        # a table cell is text, never Markdown: the owner's name is safe here as typed
         rows.append({"job": j.id, "owner": j.owner, "state": j.state, "device": j.device,
                      "host": j.host or ("" if j.scheduler else "this machine"),
                      "progress": f"{prog[0]}/{prog[1]}" if prog else "",
@@ -131,10 +169,10 @@ elif not allowed():
     given = st.text_input("Launch token", type="password", key="launch_token_input",
                           help="Ask the operator who started the app.")
     if given:
-        if hmac.compare_digest(given, launch_token()):
-            st.session_state["launch_token_given"] = given
+        problem = try_token(given)
+        if problem is None:
             st.rerun()
-        st.error("That is not the launch token.")
+        st.error(problem)
 
 if allowed():
     with st.container(border=True):
@@ -148,7 +186,7 @@ if allowed():
             try:
                 job = jobs.submit(folder, argv, owner=owner, scheduler=scheduler() or None)
             except jobs.JobError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 free = (f"a worker with {next(iter(job.resources))}=1" if job.scheduler
                         else f"the {job.device} runner")
@@ -169,22 +207,49 @@ def queue() -> None:
     active = [j for j in all_jobs if j.state in jobs.ACTIVE]
     running = [j for j in all_jobs if j.state == "running"]
     for j in running + [j for j in all_jobs if j.state != "running"][-1:]:
-        with st.expander(f"{j.id} · {j.state} · {j.owner or 'no owner'}", expanded=j.state == "running" or not running):
+        with st.expander(f"{j.id} · {j.state} · {plain(j.owner) or 'no owner'}",
+                         expanded=j.state == "running" or not running):
             prog = jobs.progress(j)
             if prog:
-                st.progress(prog[0] / max(prog[1], 1), text=f"{prog[0]}/{prog[1]} conditions complete in {j.out}")
+                st.progress(prog[0] / max(prog[1], 1), text=plain(f"{prog[0]}/{prog[1]} conditions complete in {j.out}"))
             st.code(jobs.log_tail(j) or "(no output yet)", language=None)
     if active and allowed():
-        c1, c2 = st.columns([3, 1])
-        pick = c1.selectbox("Cancel a job", [j.id for j in active], key="cancel_pick",
-                            format_func=lambda i: next(f"{j.id} ({j.state}, {j.owner or 'no owner'})"
-                                                       for j in active if j.id == i))
-        if c2.button("Cancel", key="cancel_button"):
-            try:
-                jobs.cancel(folder, pick)
-                st.toast(f"Cancelling {pick}: a running job stops at once and its store can be resumed.")
-            except jobs.JobError as exc:
-                st.error(str(exc))
+        cancel_form(active)
+
+
+def canceller() -> str:
+    """The name typed in the form, when it is a valid owner name (kept in the job's note)."""
+    try:
+        return job_argv.check_owner(st.session_state.get("launch_owner", ""))
+    except job_argv.ArgvError:
+        return ""
+
+
+def cancel_form(active: list[jobs.Job]) -> None:
+    """Any token holder may cancel any job (names are typed, not proven), after confirming; the
+    job's note keeps who asked."""
+    c1, c2 = st.columns([3, 1])
+    pick = c1.selectbox("Cancel a job", [j.id for j in active], key="cancel_pick",
+                        format_func=lambda i: next(f"{j.id} ({j.state}, {j.owner or 'no owner'})"
+                                                   for j in active if j.id == i))
+    if c2.button("Cancel", key="cancel_button"):
+        st.session_state["cancel_confirm"] = pick
+    asked = st.session_state.get("cancel_confirm")
+    job = next((j for j in active if j.id == asked), None)
+    if job is None:
+        return
+    st.warning(plain(f"Cancel job {job.id} ({job.state}) of {job.owner or 'no owner'}? A running job stops at "
+                     "once; launching the same command again resumes its store."))
+    yes, no = st.columns(2)
+    if yes.button("Yes, cancel it", key="cancel_yes", type="primary"):
+        st.session_state.pop("cancel_confirm", None)
+        try:
+            jobs.cancel(folder, job.id, by=canceller())
+            st.toast(f"Cancelling {job.id}: a running job stops at once and its store can be resumed.")
+        except jobs.JobError as exc:
+            st.error(plain(exc))
+    if no.button("Keep it", key="cancel_no"):
+        st.session_state.pop("cancel_confirm", None)
 
 
 queue()

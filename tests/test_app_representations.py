@@ -176,7 +176,7 @@ def test_token_context_marks_gaps():
 FAKE = '''
 import sys, time
 args = sys.argv[1:]
-secs = float(args[args.index("--sleep") + 1]) if "--sleep" in args else 0.1
+secs = float(args[args.index("--seed") + 1]) if "--seed" in args else 0.1  # --seed: an option the queue takes
 print("fake", " ".join(args), flush=True)
 time.sleep(secs)
 '''
@@ -199,7 +199,7 @@ def test_launch_page_read_only_then_with_token(tmp_path, monkeypatch):
     token.set_value("s3cret").run()
     assert not at.exception
     next(t for t in at.text_input if t.label == "Your name (shown in the queue)").set_value("ana").run()
-    next(t for t in at.text_input if t.key == "launch_extra:run").set_value("--sleep 3").run()
+    next(t for t in at.text_input if t.key == "launch_extra:run").set_value("--seed 3").run()
     command = at.code[0].value
     assert command.startswith("workbench run --model mini-qwen3.5 --preset groups --corpus encyclopedic")
     assert command.endswith(f"--out {runs.resolve()}/mini-qwen3.5-groups.zarr")
