@@ -68,9 +68,11 @@ def try_token(given: str) -> str | None:
         st.session_state["launch_token_given"] = given
         st.session_state["launch_token_failures"] = 0
         return None
-    failures = st.session_state["launch_token_failures"] = st.session_state.get("launch_token_failures", 0) + 1
-    if failures >= FREE_TRIES:
-        st.session_state["launch_token_retry_at"] = time.time() + min(MAX_WAIT_S, 2 ** (failures - FREE_TRIES + 1))
+    if given != st.session_state.get("launch_token_wrong"):  # a try per token typed, not per rerun of the page
+        st.session_state["launch_token_wrong"] = given
+        failures = st.session_state["launch_token_failures"] = st.session_state.get("launch_token_failures", 0) + 1
+        if failures >= FREE_TRIES:
+            st.session_state["launch_token_retry_at"] = time.time() + min(MAX_WAIT_S, 2 ** (failures - FREE_TRIES + 1))
     return "That is not the launch token."
 
 

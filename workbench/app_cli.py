@@ -15,12 +15,27 @@ APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 
 
 def streamlit_command(runs: str, host: str, port: int, headless: bool = True) -> list[str]:
-    """The ``streamlit run`` command line for these settings."""
+    """The ``streamlit run`` command line for these settings (never the launch token: `ps` shows
+    argv to every user of the machine). Visitors see no tracebacks (they name server paths):
+    uncaught errors show a generic message, details go to the server's log."""
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true" if headless else "false",
             "--browser.gatherUsageStats", "false",
+            "--client.showErrorDetails", "none",
             "--", "--runs", runs]
+
+
+def read_token_file(path: str) -> str:
+    """The launch token from a file (first line); a missing or empty file is a usage error."""
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path} ({exc.__class__.__name__}); give a UTF-8 text file "
+                                 "holding the token", param_hint="--launch-token-file") from None
+    if not token:
+        raise typer.BadParameter(f"{path} is empty; put the token on its first line", param_hint="--launch-token-file")
+    return token
 
 
 def describe_scheduler(address: str) -> str:
@@ -46,7 +61,11 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
         open_browser: bool = typer.Option(False, "--open/--no-open", help="Open a browser tab."),
         launch_token: str = typer.Option("", "--launch-token", envvar="WORKBENCH_LAUNCH_TOKEN", show_default=False,
                                          help="Let visitors who give this token launch jobs from the Launch page "
-                                              "(without it the app is read-only)."),
+                                              "(without it the app is read-only). On a shared machine set the "
+                                              "environment variable or use --launch-token-file: `ps` shows "
+                                              "command lines to every user."),
+        launch_token_file: str = typer.Option("", "--launch-token-file", show_default=False,
+                                              help="Read the launch token from this file (its first line)."),
         cluster: str = typer.Option("", "--cluster", envvar="WORKBENCH_CLUSTER", show_default=False,
                                     help="Send launched jobs to the Dask scheduler at this address (tcp://host:8786) "
                                          "instead of this machine's queue; see docs/cluster.md.")) -> None:
@@ -60,6 +79,8 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
     scheduler_line = describe_scheduler(cluster) if cluster else ""
     typer.echo(f"Workbench app on http://{host}:{port}  (runs folder: {folder.resolve()})")
     cmd = streamlit_command(str(folder.resolve()), host, port, headless=not open_browser)
+    if launch_token_file:
+        launch_token = read_token_file(launch_token_file)
     if launch_token:
         os.environ["WORKBENCH_LAUNCH_TOKEN"] = launch_token  # the environment, not argv: `ps` shows argv
         typer.echo("Launching jobs is on for visitors who give the launch token.")

@@ -39,15 +39,18 @@ def runs_dir_from_argv(argv: list[str]) -> str | None:
 def find_stores(folder: str | Path, depth: int = 3) -> list[Path]:
     """Stores (``*.zarr`` folders) in ``folder`` and its subfolders (down to ``depth`` levels,
     so pointing at a large tree stays quick), not looking inside stores or hidden folders
-    (a store being laid out is a hidden ``.NAME.tmp`` folder)."""
+    (a store being laid out is a hidden ``.NAME.tmp`` folder), nor following a symbolic link
+    out of ``folder`` (the app shows only what lies under its runs folder)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         return []
+    top = folder.resolve()
     found, todo = [], [(folder, 0)]
     while todo:
         here, level = todo.pop()
         try:
-            entries = sorted(p for p in here.iterdir() if p.is_dir() and not p.name.startswith("."))
+            entries = sorted(p for p in here.iterdir() if p.is_dir() and not p.name.startswith(".")
+                             and (not p.is_symlink() or top in p.resolve().parents))
         except OSError:
             continue
         for p in entries:
@@ -457,6 +460,14 @@ def default_runs_dir() -> str:
     return runs_dir_from_argv(sys.argv[1:]) or DEFAULT_RUNS
 
 
+def folder_in_runs(value: str, root: Path) -> Path | None:
+    """The folder typed in the sidebar (relative ones inside ``root``), resolved; None when it is
+    not ``root`` or below it: visitors read only the folder the app was started on (--runs)."""
+    path = Path(value.strip() or ".").expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
+    return path if path == root or root in path.parents else None
+
+
 def sidebar() -> Selection:
     """The sidebar of every page: runs folder and stores. Drawn by the entrypoint on each run,
     so the choice survives page changes (a page-local widget's state is dropped on a switch)."""
@@ -467,8 +478,13 @@ def sidebar() -> Selection:
     default = st.session_state.setdefault("_runs_default", default_runs_dir())  # one default per visit
     value = st.sidebar.text_input("Folder of run stores", value=default, key="runs_dir",
                                   persist_state="session",
-                                  help="Every *.zarr store in this folder and its subfolders is listed.")
-    folder = Path((value or default).strip()).expanduser()
+                                  help="The app's runs folder or one of its sub-folders: every *.zarr store in it "
+                                       "and its subfolders is listed.")
+    root = Path(default).expanduser().resolve()
+    folder = folder_in_runs(value or default, root)
+    if folder is None:  # not echoed: the text is the visitor's
+        st.sidebar.error(f"That folder is outside the app's runs folder {root}; type it or one of its sub-folders.")
+        folder = root
     stores = [str(p) for p in find_stores(folder)]
     infos = {p: cached_info(p) for p in stores}
     sel = Selection(folder, stores, infos, [])
