@@ -30,8 +30,13 @@ demo: setup
 	$(BIN)/workbench report $(DEMO)
 	@echo "report: $(DEMO)/report.md; explore the stores: $(BIN)/workbench app --runs $(DEMO)"
 
+# Tests run on every core (pytest-xdist), a file's tests on one worker so module fixtures are built
+# once; every test has a time limit (pyproject.toml). test-fast is the tier without `slow` tests.
+WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 	$(BIN)/python -m workbench.compat README.md --check
 
 # Regenerate the README's compatibility matrix from a run of the family tests.
@@ -41,4 +46,4 @@ compat: setup
 	$(BIN)/python -m workbench.compat README.md
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
