@@ -28,11 +28,15 @@ CORPORA = "encyclopedic"
 FREE_TRIES = 5  # wrong tokens before each further try waits, 2 s doubling up to MAX_WAIT_S
 MAX_WAIT_S = 300
 MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:~$])")
+NO_JOIN = "\u2060"  # an invisible word joiner: breaks the bare-URL and e-mail patterns GFM turns into links
+AUTOLINK = re.compile(r"(://|www\.|@)", re.IGNORECASE)
 
 
 def plain(text: str) -> str:
-    """Visitor-typed text inside Markdown (labels, alerts) shown as typed: no links, images or styles."""
-    return MARKDOWN.sub(r"\\\1", str(text))
+    """Visitor-typed text inside Markdown (labels, alerts) shown as typed: no links, images or styles
+    (escaped Markdown, and bare URLs and addresses broken invisibly, as GFM links them after escapes)."""
+    text = AUTOLINK.sub(lambda m: m.group(1)[0] + NO_JOIN + m.group(1)[1:], str(text))
+    return MARKDOWN.sub(r"\\\1", text)
 
 
 def launch_token() -> str:

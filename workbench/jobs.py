@@ -580,8 +580,9 @@ def exec_job(runs, job_id: str, *, watch: bool = False) -> int:
         now = read_job(runs, job_id)
         now.returncode, now.ended = rc, time.time()
         now.state = "done" if rc == 0 else "cancelled" if (rc == 130 or now.cancel_requested) else "failed"
-        if now.state == "cancelled":
-            now.note = "cancelled; rerun the same command to resume its store"
+        if now.state == "cancelled":  # keeps who asked ("cancel requested by ana")
+            asked = now.note.replace("cancel requested", "cancelled") if now.note.startswith("cancel requested") else ""
+            now.note = f"{asked or 'cancelled'}; rerun the same command to resume its store"
         _write(runs, now)
     return rc
 
