@@ -131,7 +131,7 @@ def test_launch_a_job_while_another_visitor_browses(served, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, runs = served
-    corpus = tmp_path / "tiny.txt"
+    corpus = runs / "tiny.txt"  # a launched corpus is a built-in name or a file in the runs folder
     corpus.write_text("It was the best of times, it was the worst of times. " * 20)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
