@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from probes.stats import bootstrap_ratio
+from probes.stats import paired_ratio, pooled_windows
 from workbench import app_data as ad
 from workbench.app import charts
 from workbench.app.palette import FUNCTION_COLOURS, ROLE_COLOURS, STORE_COLOURS, scale
@@ -50,6 +50,7 @@ def models() -> None:
         st.stop()
     long = ad.comparison_table(tables, align=align)
     long = long[np.isfinite(long["ratio"])]
+    long = ad.clip_ratios(long)
     same = long[long["n_same"] > 0]
     if len(same):
         st.warning("Some random draws remove exactly the components of a group (no control for it): "
@@ -63,8 +64,8 @@ def models() -> None:
     stores = list(tables)
 
     st.subheader("Ratio to baseline, side by side")
-    st.caption(f"corpus **{corpus}** · perplexity / the store's own baseline (log scale) · error bars: bootstrap "
-               "95% intervals · random controls: median of the trials")
+    st.caption(f"corpus **{corpus}** · perplexity / the store's own baseline (log scale) · error bars: the report's "
+               "paired block-bootstrap 95% intervals · random controls: median of the trials (no interval)")
     if shown.empty:
         st.info("No condition matches." + (" Try lining up by function, or turn off 'Shared rows only'."
                                            if only_shared else ""))
@@ -72,8 +73,8 @@ def models() -> None:
         order = list(dict.fromkeys(shown["key"]))
         base = alt.Chart(shown.assign(one=1.0)).encode(
             y=alt.Y("key:N", sort=order, title=None, axis=alt.Axis(labelLimit=0)), yOffset=alt.YOffset("store:N"))
-        tip = ["store", "key", alt.Tooltip("ratio:Q", format=".4f"), alt.Tooltip("low:Q", format=".4f"),
-               alt.Tooltip("high:Q", format=".4f"), "n"]
+        tip = ["store", "key", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio"),
+               alt.Tooltip("low:Q", format=".4f"), alt.Tooltip("high:Q", format=".4f"), "n"]
         chart = (base.mark_bar().encode(x=alt.X("ratio:Q", scale=charts.ratio_scale(shown), axis=charts.AXIS,
                                                 title="perplexity / baseline"), x2="one:Q",
                                         color=alt.Color("store:N", legend=alt.Legend(**charts.LEGEND),
@@ -81,15 +82,20 @@ def models() -> None:
                                                                         range=STORE_COLOURS[:len(stores)])),
                                         tooltip=tip)
                  + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q")
+                 + base.mark_text(align="right", dx=-4, fontSize=10).encode(x="ratio:Q", text="overflow_text:N")
                  + charts.unit_rule("x"))
-        wide = shown.pivot_table(index="key", columns="store", values="ratio", sort=False).reset_index()
+        wide = shown.pivot_table(index="key", columns="store", values="true_ratio", sort=False).reset_index()
         a, b = stores[0], stores[1]
         if a in wide and b in wide:
             wide[f"{b} / {a}"] = wide[b] / wide[a]
         charts.show(chart.properties(height=alt.Step(16)), f"compare {' vs '.join(stores)}", wide)
         st.dataframe(wide, hide_index=True,
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in wide if c != "key"})
-        st.caption(f"`{b} / {a}`: how many times larger the second store's ratio is (1 = the same effect).")
+        st.caption(" ".join(x for x in (
+            f"`{b} / {a}`: how many times larger the second store's ratio is (1 = the same effect).",
+            ad.overflow_caption(shown), ad.interval_caption(shown[shown["kind"] != "random_matched"]
+                                                            .assign(label=lambda f: f["store"] + ": " + f["key"])))
+            if x))
 
     # Sweeps of models of different depths line up by relative depth, not layer index.
     sweeps = []
@@ -100,7 +106,7 @@ def models() -> None:
         if not s.empty:
             s["series"] = s["role"] if align == "role" else s["function"]
             s = s.assign(store=name, depth=s["first_layer"] / max(deepest, 1))
-            sweeps.append(s.assign(segment=ad.sweep_segments(s)))
+            sweeps.append(ad.clip_ratios(s.assign(segment=ad.sweep_segments(s))))
     if sweeps:
         st.subheader("Layer sweeps by relative depth")
         st.caption("layer / last layer of the model. Colour: role; line style and point shape: store. A line "
@@ -119,9 +125,12 @@ def models() -> None:
                      detail="segment:N")
                  + alt.Chart(sw).mark_point(filled=True, size=60).encode(
                      **enc, shape=alt.Shape("store:N", legend=None),
-                     tooltip=["store", "label", alt.Tooltip("ratio:Q", format=".4f")])
+                     tooltip=["store", "label", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio")])
                  + charts.unit_rule("y"))
-        charts.show(chart.properties(height=340), "compare sweeps", sw[["store", "label", "series", "depth", "ratio"]])
+        charts.show(chart.properties(height=340), "compare sweeps",
+                    sw[["store", "label", "series", "depth", "true_ratio"]].rename(columns={"true_ratio": "ratio"}))
+        if ad.overflow_caption(sw):
+            st.caption(ad.overflow_caption(sw).replace("drawn at the axis edge", "drawn at the top"))
 
 
 def conditions() -> None:
@@ -140,32 +149,45 @@ def conditions() -> None:
     b = options[c2.selectbox("Condition B", list(options), index=1)]
     nll = ds["window_nll"].transpose("condition", "corpus", "window")
     rows = []
+    row = summary.set_index("id")
     for j, corpus in enumerate(ds.corpus.values):
         tok = ds["window_tokens"].isel(corpus=j).values
-        r = bootstrap_ratio(nll.sel(condition=b).isel(corpus=j).values, nll.sel(condition=a).isel(corpus=j).values,
-                            tok, n_boot=ad.N_BOOT)
-        row = summary.set_index("id")
+        r = paired_ratio(nll.sel(condition=b).isel(corpus=j).values, nll.sel(condition=a).isel(corpus=j).values,
+                         tok, n_boot=ad.N_BOOT)
         rows.append({"corpus": str(corpus), "A perplexity": row.loc[a, f"perplexity:{corpus}"],
                      "B perplexity": row.loc[b, f"perplexity:{corpus}"], "B / A": r.ratio, "low": r.low,
                      "high": r.high})
+    if ds.sizes["corpus"] > 1:  # what the report states: every corpus's windows pooled
+        pooled, tok = pooled_windows(ds)
+        ids = [str(c) for c in ds.condition.values]
+        r = paired_ratio(pooled[ids.index(b)], pooled[ids.index(a)], tok, n_boot=ad.N_BOOT)
+        rows.append({"corpus": "all corpora (pooled)", "A perplexity": np.nan, "B perplexity": np.nan,
+                     "B / A": r.ratio, "low": r.low, "high": r.high})
     diff = pd.DataFrame(rows)
     st.subheader("B against A")
-    st.caption("B / A = perplexity of B over perplexity of A on the same windows; error bars: paired bootstrap "
-               "95% intervals over windows. 1 = no difference.")
-    long = diff.melt(id_vars="corpus", value_vars=["A perplexity", "B perplexity"], var_name="condition",
-                     value_name="perplexity")
+    st.caption("B / A = perplexity of B over perplexity of A on the same windows; error bars: the report's paired "
+               "block-bootstrap 95% intervals (8 contiguous windows a block, fewer below 80 windows). 1 = no "
+               "difference." + (" The pooled row puts every corpus's windows side by side, as the report does."
+                                if ds.sizes["corpus"] > 1 else ""))
+    if diff["low"].isna().any() and np.isfinite(diff["B / A"]).any():
+        st.caption(ad.interval_caption(diff.rename(columns={"B / A": "ratio", "corpus": "label"})))
+    long = diff.dropna(subset=["A perplexity"]).melt(id_vars="corpus", value_vars=["A perplexity", "B perplexity"],
+                                                     var_name="condition", value_name="perplexity")
     left = alt.Chart(long).mark_bar().encode(
         x=alt.X("perplexity:Q"), y=alt.Y("corpus:N", title=None), yOffset="condition:N",
         color=alt.Color("condition:N", scale=alt.Scale(domain=["A perplexity", "B perplexity"],
                                                        range=["#4e79a7", "#f28e2b"]),
                         legend=alt.Legend(**charts.LEGEND)),
         tooltip=["corpus", "condition", alt.Tooltip("perplexity:Q", format=".3f")]).properties(title="perplexity")
-    right = (alt.Chart(diff).mark_point(filled=True, size=80, color="black").encode(
-                 x=alt.X("B / A:Q", scale=charts.ratio_scale(diff.rename(columns={"B / A": "ratio"})),
-                         axis=charts.AXIS), y=alt.Y("corpus:N", title=None),
-                 tooltip=["corpus", alt.Tooltip("B / A:Q", format=".4f"), alt.Tooltip("low:Q", format=".4f"),
-                          alt.Tooltip("high:Q", format=".4f")])
-             + alt.Chart(diff).mark_rule().encode(x="low:Q", x2="high:Q", y="corpus:N")
+    clipped = ad.clip_ratios(diff.rename(columns={"B / A": "ratio"}))
+    right = (alt.Chart(clipped).mark_point(filled=True, size=80, color="black").encode(
+                 x=alt.X("ratio:Q", title="B / A", scale=charts.ratio_scale(clipped), axis=charts.AXIS),
+                 y=alt.Y("corpus:N", title=None),
+                 tooltip=["corpus", alt.Tooltip("true_ratio:Q", format=".4~g", title="B / A"),
+                          alt.Tooltip("low:Q", format=".4f"), alt.Tooltip("high:Q", format=".4f")])
+             + alt.Chart(clipped).mark_rule().encode(x="low:Q", x2="high:Q", y="corpus:N")
+             + alt.Chart(clipped).mark_text(align="right", dx=-8, fontSize=10).encode(
+                 x="ratio:Q", y="corpus:N", text="overflow_text:N")
              + charts.unit_rule("x")).properties(title="difference: B / A")
     charts.show(alt.hconcat(left, right), "compare conditions", diff)
     st.markdown(f"**A**: {labels[a]} · **B**: {labels[b]}")

@@ -26,11 +26,20 @@ def diagnostics(path: str, stamp: int):
     return dg.read_diagnostics(path)
 
 
+def has_map(path: str, stamp: int) -> bool:
+    """Whether the store has a readable map (a damaged diagnostics group is said on the page)."""
+    try:
+        return "map_xy" in diagnostics(path, stamp)
+    except dg.Unreadable as exc:
+        st.error(str(exc))
+        return False
+
+
 st.title("Embedding map")
 sel = ad.selection()
 picked = ad.need_stores(sel)
 stamps = {p: dg.group_stamp(p, dg.DIAGNOSTICS) for p in picked}
-mapped = [p for p in picked if stamps[p] and "map_xy" in diagnostics(p, stamps[p])]
+mapped = [p for p in picked if stamps[p] and has_map(p, stamps[p])]
 if not mapped:
     first = picked[0]
     ad.warn_store(sel, first)
@@ -49,7 +58,11 @@ method = c1.selectbox("Method", [str(m) for m in diag["method"].values],
 colour_by = c2.selectbox("Colour by", list(dg.COLOUR_BY), help="; ".join(f"{k}: {v}" for k, v in dg.COLOUR_BY.items()))
 chosen_labels = c3.multiselect("Conditions", labels, default=labels[: min(3, len(labels))], key=f"map_conds:{path}")
 chosen = tuple(options[x] for x in chosen_labels) or (options[labels[0]],)
-frame = points(path, method, chosen, stamps[path])
+try:
+    frame = points(path, method, chosen, stamps[path])
+except dg.Unreadable as exc:
+    st.error(str(exc))
+    st.stop()
 split = st.toggle("One panel per condition", value=colour_by != "condition" and len(chosen) > 1)
 
 if colour_by == "condition":

@@ -10,6 +10,7 @@ import streamlit as st
 
 from workbench import app_data as ad
 from workbench.app import charts
+from workbench.app import diagnostics as dg
 
 st.title("Layer sweep")
 sel = ad.selection()
@@ -19,13 +20,20 @@ ds = ad.cached_results(path)
 summary = ad.cached_summary(path)
 intervals = ad.cached_intervals(path)
 corpora = [str(c) for c in ds.corpus.values]
-acc = ad.accuracy_table(ds)
-diagnostics = ad.layer_variables(ds)
+task_metrics = ad.task_metrics(ds)
+diag = ad.cached_diagnostics(path)
+diagnostics = [v for v in dg.LAYER_CURVES if diag is not None and v in diag
+               and set(diag[v].dims) == {"condition", "layer"}]
 
-metrics = ["perplexity ratio"] + (["accuracy drop"] if acc is not None else []) + diagnostics
-c1, c2 = st.columns(2)
-metric = c1.selectbox("Value", metrics, help="Accuracy drop appears once the store has task results "
-                      "(`workbench study`); variables over (condition, layer) appear when present.")
+metrics = ["perplexity ratio"] + (["accuracy drop"] if task_metrics else []) + diagnostics
+c1, c2, c3 = st.columns(3)
+metric = c1.selectbox("Value", metrics, format_func=lambda m: dg.LAYER_CURVES.get(m, m),
+                      help="Accuracy drop appears once the store has task results (`workbench study`); "
+                           "per-layer diagnostics (CKA, norms, lens) once `workbench diagnose` has run on it.")
+if not task_metrics or diag is None:
+    missing = [w for w, gone in (("task results (`workbench study`)", not task_metrics),
+                                 (f"diagnostics (`workbench diagnose {path}`)", diag is None)) if gone]
+    st.caption("This store has no " + " and no ".join(missing) + ", so only the values it holds are offered.")
 sweep_ids = set(summary.loc[(summary["kind"] == "sweep") & summary["complete"], "id"])
 if not sweep_ids:
     st.info("This store has no completed layer-sweep conditions (`workbench run --preset sweep` or "
@@ -40,31 +48,50 @@ if metric == "perplexity ratio":
     table = ad.condition_table(ds, corpus, intervals, summary)
     cells = table[table["id"].isin(sweep_ids)].copy()
     cells["value"] = cells["ratio"]
+    finite = cells["value"][np.isfinite(cells["value"].astype(float)) & (cells["value"] > 0)]
+    top = min(float(finite.max()) if len(finite) else 2.0, ad.OVERFLOW)
+    low_end = float(finite.min()) if len(finite) else 0.5
+    # clamped: one destroyed model (x1e36) must not wash every other cell out to white
     colour = alt.Color("value:Q", title="perplexity / baseline",
-                       scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0),
+                       scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0, clamp=True,
+                                       domain=[min(low_end, 0.999), max(top, 1.001)]),
                        legend=alt.Legend(orient="right", format=".6~r"))
     caption = (f"perplexity with that component removed / baseline, corpus **{corpus}** "
-               "(log colour scale: red worse, blue better than the baseline)")
+               "(log colour scale: red worse, blue better than the baseline"
+               + (f"; colours saturate at x{ad.OVERFLOW:g}, the numbers are exact" if finite.max() > ad.OVERFLOW
+                  else "") + ")")
 elif metric == "accuracy drop":
-    task = c2.selectbox("Task", sorted(set(acc["task"])))
+    task = c2.selectbox("Task", [str(t) for t in ds["task"].values])
+    which = c3.selectbox("Metric", task_metrics)
+    acc = ad.cached_accuracy(path, which)
     table = ad.condition_table(ds, corpora[0], intervals, summary)
-    drop = acc[acc["task"] == task].set_index("id")["drop"]
+    mine = acc[acc["task"] == task].set_index("id")
     cells = table[table["id"].isin(sweep_ids)].copy()
-    cells["value"] = cells["id"].map(drop)
-    colour = alt.Color("value:Q", title="accuracy drop", scale=alt.Scale(scheme="orangered"))
-    caption = f"baseline accuracy minus accuracy with that component removed, task **{task}**"
+    cells["value"] = cells["id"].map(mine["drop"])
+    cells["low"], cells["high"] = cells["id"].map(mine["drop_low"]), cells["id"].map(mine["drop_high"])
+    colour = alt.Color("value:Q", title="accuracy drop",
+                       scale=alt.Scale(scheme="redblue", reverse=True, domainMid=0.0))
+    caption = (f"baseline accuracy (`{which}`) minus accuracy with that component removed, task **{task}** "
+               "(red: worse; the hover gives the paired 95% interval over items)")
 else:
-    layer = c2.selectbox("Measured at layer", [int(x) for x in ds["layer"].values][::-1])
+    layers = [int(x) for x in diag["layer"].values]
+    layer = c2.selectbox("Measured at layer", layers[::-1])
     table = ad.condition_table(ds, corpora[0], intervals, summary)
-    values = ds[metric].sel(layer=layer).to_series()
+    values = diag[metric].sel(layer=layer).to_series()
     cells = table[table["id"].isin(sweep_ids)].copy()
     cells["value"] = cells["id"].map(values.rename(index=str))
-    colour = alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis"))
-    caption = f"`{metric}` measured at layer {layer} with that component removed"
+    cells["low"] = cells["high"] = np.nan
+    colour = alt.Color("value:Q", title=dg.LAYER_CURVES.get(metric, metric), scale=alt.Scale(scheme="viridis"))
+    n_have = int(np.isfinite(cells["value"].astype(float)).sum())
+    caption = (f"{dg.LAYER_CURVES.get(metric, metric)} measured at layer {layer} with that component removed "
+               f"({n_have} of {len(cells)} sweep conditions diagnosed)")
 
 cells = cells.assign(layer=cells["first_layer"].astype(int),
-                     row=[f"{r}, {m}" if m != "zero" else r for r, m in zip(cells["roles"], cells["mode"])])
+                     row=[ad.sweep_row(r, m) for r, m in zip(cells["roles"], cells["mode"])])
 cells = cells[np.isfinite(cells["value"].astype(float))]
+if cells.empty:
+    st.info("No sweep condition has this value yet.")
+    st.stop()
 cells["text"] = [ad.short_number(v, metric == "perplexity ratio") for v in cells["value"]]
 st.caption(caption + ". Empty cells: the model has no such component there. Click a cell for its details.")
 pick = alt.selection_point(fields=["id"], name="cell", on="click", clear="dblclick")
@@ -78,7 +105,7 @@ chart = (base.mark_rect(stroke="white", strokeWidth=1).encode(
              opacity=alt.condition(pick, alt.value(1.0), alt.value(0.35)))
          + base.mark_text(fontSize=10).encode(text="text:N", color=alt.value("black"))).add_params(pick)
 cols = ["label", "roles", "mode", "layer", "value", "low", "high", "qc", "id"]
-event = charts.show(chart.properties(height=alt.Step(40)), f"layer sweep {metric}", cells[cols],
+event = charts.show(chart.properties(height=alt.Step(40), width=alt.Step(64)), f"layer sweep {metric}", cells[cols],
                     on_select="rerun", selection_mode="cell", key="sweep_heatmap")
 
 clicked = [p.get("id") for p in (event.selection.get("cell") or [])] if event else []

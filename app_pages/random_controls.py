@@ -68,34 +68,39 @@ roles = [r for r in ROLE_COLOURS if len(vs) and r in set(vs["role"])]
 pick_roles = c2.multiselect("Groups marked", roles, default=roles,
                             help="Which role groups are drawn as diamonds; the random draws are never filtered.")
 marks = vs[vs["role"].isin(pick_roles)] if len(vs) else vs
+# drawn clipped (a whole-layer draw can reach x1e36); the tables below keep the true values
+pts_shown, summ_shown = ad.clip_ratios(pts), ad.clip_ratios(summ)
+marks_shown = ad.clip_ratios(marks) if len(marks) else marks
 if same:
     st.warning(f"{len(same)} random draw(s) remove exactly the components of a group, so they are no control "
                "for it (crossed out in the chart): " + "; ".join(f"{s['draw']} = {s['identical to']} ({s['store']})"
                                                                for s in same))
 y = alt.Y("row:N", title=None, sort=list(summ["row"]), axis=alt.Axis(labelLimit=0))
-x_scale = charts.ratio_scale(pts, summ, marks)
+x_scale = charts.ratio_scale(pts_shown, summ_shown, marks_shown)
 x = alt.X("ratio:Q", scale=x_scale, axis=charts.AXIS, title="perplexity / baseline")
-box = alt.Chart(summ).encode(y=y)
+box = alt.Chart(summ_shown).encode(y=y)
 layers = [box.mark_rule(color="#7f7f7f").encode(x=alt.X("min:Q", scale=x_scale), x2="max:Q"),
           box.mark_bar(height=16, opacity=0.25, color="#9467bd").encode(x="q25:Q", x2="q75:Q"),
-          alt.Chart(pts).mark_point(size=70, filled=True, opacity=0.7).encode(
+          alt.Chart(pts_shown).mark_point(size=70, filled=True, opacity=0.7).encode(
               y=y, x=x, yOffset="jitter:Q",
               shape=alt.Shape("flag:N", title=None, scale=alt.Scale(domain=["random draw", "same set as a group"],
                                                                     range=["circle", "cross"]),
                               legend=alt.Legend(**charts.LEGEND)),
-              color=alt.value("#9467bd"), tooltip=["label", "store", alt.Tooltip("ratio:Q", format=".4f"), "same_as"]),
+              color=alt.value("#9467bd"),
+              tooltip=["label", "store", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio"), "same_as"]),
           box.mark_tick(thickness=3, size=30, color="black").encode(
-              x="median:Q", tooltip=["row", alt.Tooltip("median:Q", format=".4f"), "n"]),
+              x="median:Q", tooltip=["row", alt.Tooltip("true_ratio:Q", format=".4~g", title="median"), "n"]),
           charts.unit_rule("x")]
 if len(marks):
-    layers.append(alt.Chart(marks).mark_point(shape="diamond", size=200, filled=True, opacity=1).encode(
+    layers.append(alt.Chart(marks_shown).mark_point(shape="diamond", size=200, filled=True, opacity=1).encode(
         y=y, x=x, color=alt.Color("role:N", title="group", scale=scale(ROLE_COLOURS, roles),
                                   legend=alt.Legend(**charts.LEGEND)),
-        tooltip=["group", alt.Tooltip("ratio:Q", format=".4f"), "trials below"]))
+        tooltip=["group", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio"), "trials below"]))
 chart = alt.layer(*layers).resolve_scale(color="independent", shape="independent")
 charts.show(chart.properties(height=alt.Step(64)), "random controls", pts)
 st.caption("Dots: one random draw each; shaded box: quartiles; thin line: range; black tick: median; "
-           "diamonds: the role groups of the same size, coloured by role.")
+           "diamonds: the role groups of the same size, coloured by role. "
+           + ad.overflow_caption(pd.concat([pts_shown, marks_shown]) if len(marks_shown) else pts_shown))
 four = {k: st.column_config.NumberColumn(format="%.4f") for k in ("median", "q25", "q75", "iqr", "min", "max", "ratio")}
 st.dataframe(summ.rename(columns={"row": "control"}), hide_index=True, column_config=four)
 if len(marks):

@@ -20,8 +20,17 @@ COLOURS = ["#e15759", "#4e79a7", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#e
 
 
 @st.cache_data(show_spinner="Reading diagnostics...", max_entries=16)
-def diagnostics(path: str, stamp: int):
+def _diagnostics(path: str, stamp: int):
     return dg.read_diagnostics(path)
+
+
+def diagnostics(path: str, stamp: int):
+    """The store's diagnostics; a damaged group stops the page with one clear line."""
+    try:
+        return _diagnostics(path, stamp)
+    except dg.Unreadable as exc:
+        st.error(str(exc))
+        st.stop()
 
 
 @st.cache_data(show_spinner="Computing CKA between layers...", max_entries=32)
@@ -50,7 +59,9 @@ def curves(frame: pd.DataFrame, scale: alt.Scale, title: str, independent: bool 
         tooltip=["label", "measure" if "measure" in frame else "variable", "layer",
                  alt.Tooltip("value:Q", format=".4f")])
     if "measure" in frame and frame["measure"].nunique() > 1:
-        out = base.properties(width=360, height=240).facet(facet=alt.Facet("measure:N", title=None), columns=2)
+        order = list(dict.fromkeys(frame["measure"]))  # the order the caption names them
+        out = base.properties(width=360, height=240).facet(facet=alt.Facet("measure:N", title=None, sort=order),
+                                                           columns=2)
         return out.resolve_scale(y="independent") if independent else out
     return base.properties(height=320)
 
@@ -177,14 +188,16 @@ elif view == "Logit lens":
         grid = dg.lens_grid(diag, toks, pair or chosen[:1], window)
         grid["label_short"] = grid["label"].str.slice(0, 40)
         grid["text"] = grid["top"].str.slice(0, 6)
+        # below 14 px a row, the token text would overlap: it lives in the hover only
+        step = dg.grid_step(grid["layer"].nunique(), grid["label_short"].nunique())
         base = alt.Chart(grid).encode(x=alt.X("position:O", title="position (input token below)"),
-                                      y=alt.Y("layer:O", sort="descending"))
-        chart = (base.mark_rect().encode(
-                     color=alt.Color("prob:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="top prob"),
-                     tooltip=["label", "layer", "position", "input", "top", alt.Tooltip("prob:Q", format=".3f"),
-                              "is_next"])
-                 + base.mark_text(fontSize=9).encode(text="text:N")).properties(height=alt.Step(22),
-                                                                               width=alt.Step(44)).facet(
+                                      y=alt.Y("layer:O", sort="descending",
+                                              axis=alt.Axis(labelOverlap=True) if step < 14 else alt.Axis()))
+        cells = base.mark_rect().encode(
+            color=alt.Color("prob:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="top prob"),
+            tooltip=["label", "layer", "position", "input", "top", alt.Tooltip("prob:Q", format=".3f"), "is_next"])
+        layered = cells + base.mark_text(fontSize=9).encode(text="text:N") if step >= 14 else cells
+        chart = layered.properties(height=alt.Step(step), width=alt.Step(44)).facet(
             row=alt.Row("label_short:N", title=None))
         st.caption("Clean beside ablated: each cell is the lens's most likely token at that layer and position.")
         charts.show(chart, "lens grid", grid)
@@ -194,8 +207,10 @@ elif view == "Norm drift":
     if frame.empty:
         st.info("No norm diagnostics; rerun `workbench diagnose` with `--diagnostics norms`.")
         st.stop()
-    st.caption("Residual norm per layer, its ratio to the clean run's, and the cosine to the clean run's residual "
-               "(mean over tokens).")
+    st.caption("Three panels, by layer: **residual norm** (mean over tokens of ||h||); **norm / clean norm** (that "
+               "mean over the clean run's: above 1, the ablated stream is larger); **cosine to clean** (mean over "
+               "tokens of the cosine between the ablated and the clean residual: 1, the same direction). The "
+               "baseline is the clean run, so its ratio and cosine are 1 throughout.")
     charts.show(curves(frame, scale, "value", independent=True), "norm drift", frame)
     writes = dg.write_frame(diag, chosen).dropna(subset=["value"])
     if len(writes):
@@ -217,7 +232,11 @@ else:
     long = ret.melt(id_vars=["condition", "label"], value_vars=[m for m in measures if m in ret],
                     var_name="variable", value_name="accuracy")
     long["measure"] = long["variable"].map(measures)
-    if len(long):
+    if not len(long):
+        st.info("This store's diagnostics have no in-context retrieval results (`retrieval_acc`, "
+                "`retrieval_text_acc`), so there is nothing to draw here; rerun `workbench diagnose` with "
+                "`--diagnostics retrieval` (the cached activations are reused).")
+    else:
         st.caption("Next-token accuracy inside a repeated sequence: the second copy can be retrieved from the "
                    "first (in-context copying); the first copy is the control with nothing to retrieve.")
         chart = alt.Chart(long).mark_bar().encode(
@@ -226,7 +245,10 @@ else:
             tooltip=["label", "measure", alt.Tooltip("accuracy:Q", format=".3f")]
         ).properties(width=320).facet(column=alt.Column("measure:N", title=None))
         charts.show(chart, "retrieval accuracy", long)
-    if "induction_score" in diag:
+    if "induction_score" not in diag:
+        st.caption("No induction-head scores in these diagnostics (`--diagnostics retrieval` writes them for "
+                   "models with attention layers).")
+    else:
         st.subheader("Induction heads")
         cond = st.selectbox("Condition", chosen, format_func=dg.labels_of(diag).get, key="induction_cond")
         heads = dg.induction_frame(diag, cond)

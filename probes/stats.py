@@ -107,16 +107,26 @@ def bootstrap_ratios(nll_conditions, nll_baseline, tokens, *, n_boot: int = 2000
     return point, low, high
 
 
+def block_size(n_windows: int, block: int = 8) -> int:
+    """Windows per bootstrap block for ``n_windows`` real windows: ``block`` (8: about 2k tokens
+    at the default stride), fewer for short runs so that about 10 blocks remain (a single block
+    gives no interval at all). The rule of the report, the app and ``ratio_intervals(block="auto")``."""
+    return int(max(1, min(block, n_windows // 10)))
+
+
 def ratio_intervals(ds: xr.Dataset, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                    block: int | None = 8, boundaries: dict | None = None) -> xr.Dataset:
+                    block: int | str | None = 8, boundaries: dict | None = None) -> xr.Dataset:
     """Bootstrap intervals for every condition and corpus of a run store.
 
     Needs ``window_nll(condition, corpus, window)``, ``window_tokens(corpus, window)`` and a
     ``baseline`` condition; returns ``ratio``, ``low``, ``high`` over (condition, corpus).
     Blocks of ``block`` contiguous windows are resampled (``block_bootstrap_ratios``), or whole
     documents where ``boundaries[corpus]`` gives their first windows; ``block=None`` resamples
-    single windows (``bootstrap_ratios``: too narrow when windows are correlated).
+    single windows (``bootstrap_ratios``: too narrow when windows are correlated);
+    ``block="auto"`` sizes the blocks of each corpus by ``block_size`` (what the report does).
     """
+    if isinstance(block, str) and block != "auto":
+        raise ValueError(f"block must be a number of windows, None or 'auto', got {block!r}")
     if "baseline" not in list(ds.condition.values):
         raise ValueError("the store has no baseline condition to compare with")
     nll = ds["window_nll"].transpose("condition", "corpus", "window").values
@@ -131,16 +141,39 @@ def ratio_intervals(ds: xr.Dataset, *, n_boot: int = 2000, level: float = 0.95, 
         if block is None and corpus not in boundaries:
             out = bootstrap_ratios(nll[:, j], nll[base, j], tok[j], n_boot=n_boot, level=level, seed=seed)
         else:
-            out = block_bootstrap_ratios(nll[:, j], nll[base, j], tok[j], block=block or 8,
+            size = block_size(int(_valid(tok[j]).sum())) if block == "auto" else block or 8
+            out = block_bootstrap_ratios(nll[:, j], nll[base, j], tok[j], block=size,
                                          boundaries=boundaries.get(corpus), n_boot=n_boot, level=level, seed=seed)
         ratio[:, j], low[:, j], high[:, j] = out
     coords = {"condition": ds.condition.values, "corpus": ds.corpus.values}
     dims = ("condition", "corpus")
     method = ("paired percentile bootstrap over windows" if block is None and not boundaries else
               f"paired percentile block bootstrap ({'documents' if boundaries else f'{block} contiguous windows'} a block)")
+    if block == "auto" and not boundaries:
+        method = ("paired percentile block bootstrap (8 contiguous windows a block, fewer below 80 windows "
+                  "so that about 10 blocks remain)")
     return xr.Dataset({"ratio": (dims, ratio), "low": (dims, low), "high": (dims, high)}, coords=coords,
                       attrs={"method": method, "n_boot": n_boot, "level": level, "seed": seed,
-                             "block": -1 if block is None else block})
+                             "block": -1 if block is None else 0 if block == "auto" else block})
+
+
+def pooled_windows(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(``window_nll`` as (condition, window), tokens per window) with the real windows of every
+    corpus side by side, as the report pools them."""
+    nll = ds["window_nll"].transpose("condition", "corpus", "window").values
+    tok = ds["window_tokens"].transpose("corpus", "window").values
+    keep = _valid(tok)
+    return nll[:, keep], tok[keep]
+
+
+def paired_ratio(nll_b, nll_a, tokens, *, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> RatioInterval:
+    """Perplexity of B over perplexity of A on the same windows, with the report's interval (paired
+    block bootstrap, blocks sized by ``block_size``); NaN ends when there are too few windows."""
+    n = int(_valid(tokens).sum())
+    r, lo, hi = block_bootstrap_ratios(np.asarray(nll_b, dtype=np.float64)[None], nll_a, tokens,
+                                       block=block_size(n), n_boot=n_boot, level=level, seed=seed)
+    return RatioInterval(float(r[0]), float(lo[0]), float(hi[0]))
 
 
 # --- block bootstrap ------------------------------------------------------------------------
@@ -284,6 +317,41 @@ def accuracy_drops(correct: xr.DataArray, *, baseline: str = "baseline", n_boot:
     return ds.assign_coords(extra).assign_attrs(
         method="paired percentile bootstrap over items (baseline accuracy minus condition accuracy)",
         n_boot=n_boot, level=level, seed=seed)
+
+
+def accuracy_intervals(correct: xr.DataArray, *, n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> xr.Dataset:
+    """``accuracy``, ``low``, ``high`` over (condition, task, ...) from ``correct(condition, task,
+    item, ...)`` (1/0 per item, NaN padding): percentile bootstrap over items, the same item draws
+    for every condition; items NaN for every condition (padding) are left out."""
+    if "item" not in correct.dims:
+        raise ValueError(f"correct needs an item dim, has {correct.dims}")
+    _check(level, n_boot)
+    rest = [d for d in correct.dims if d != "item"]
+    arr = correct.transpose(*rest, "item").values.astype(np.float64)
+    acc, low, high = (np.full(arr.shape[:-1], np.nan) for _ in range(3))
+    lead = [d for d in rest if d != "condition"]
+    k_axis = rest.index("condition")
+    for k in np.ndindex(*[correct.sizes[d] for d in lead]):
+        sl = list(k)
+        sl.insert(k_axis, slice(None))
+        block = arr[tuple(sl)]  # (condition, item)
+        block = block[:, ~np.isnan(block).all(axis=0)]
+        ok = ~np.isnan(block).any(axis=1) & (block.shape[1] > 0)
+        if not ok.any():
+            continue
+        idx = tuple(sl)
+        a = np.full(block.shape[0], np.nan)
+        a[ok] = block[ok].mean(axis=1)
+        acc[idx] = a
+        if block.shape[1] > 1:
+            lo, hi = (np.full(block.shape[0], np.nan) for _ in range(2))
+            lo[ok], hi[ok] = _percentile_boot((block[ok],), _mean_last, n_boot, level, seed)
+            low[idx], high[idx] = lo, hi
+    coords = {d: correct[d].values for d in rest if d in correct.coords}
+    return xr.Dataset({k: (tuple(rest), v) for k, v in (("accuracy", acc), ("low", low), ("high", high))},
+                      coords=coords, attrs={"method": "percentile bootstrap over items", "n_boot": n_boot,
+                                            "level": level, "seed": seed})
 
 
 # --- resilience -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from workbench.architectures import component_map
 from workbench.corpora import load_corpus
 from workbench.loading import load_model
 from workbench.runner import run_plan
+from workbench.tasks import get_tasks
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -45,8 +46,9 @@ def runs(tmp_path_factory):
 
 
 def make_runs(folder: Path) -> Path:
-    """study.zarr (Transformer: sweep, thirds, groups, random trials), control/groups.zarr, partial.zarr,
-    a junk folder named like a store, and two hybrids in hybrids/ (Qwen3.5 and Falcon-H1)."""
+    """study.zarr (Transformer: sweep, thirds, groups, whole-layer groups and sweep, random trials, and
+    two tasks), control/groups.zarr, partial.zarr, a junk folder named like a store, and two hybrids
+    in hybrids/ (Qwen3.5 and Falcon-H1)."""
     corpus_file = folder.parent / "tale.txt"
     corpus_file.write_text(TEXT)
     loaded = load_model("random:qwen2")
@@ -56,8 +58,11 @@ def make_runs(folder: Path) -> Path:
     spec = plans.auto_spec(cmap, "study", seeds=2)
     spec = spec.model_copy(update={"generators": [
         *spec.generators, plans.RandomSpec(kind="random_matched", size=2, pool=["attention"], seeds=4),
-        plans.RandomSpec(kind="random_matched", size=3, pool=["attention"], seeds=2)]})
-    run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr", **KW)
+        plans.RandomSpec(kind="random_matched", size=3, pool=["attention"], seeds=2),
+        plans.GroupSpec(kind="group", role="attention", mode="skip_layer"),
+        plans.SweepSpec(kind="sweep", roles=[], mode="skip_layer")]})
+    run_plan(loaded, plans.resolve(spec, cmap), [corpus], folder / "study.zarr",
+             tasks=get_tasks(["last_word", "next_sentence"]), task_items=4, **KW)
     run_plan(loaded, plans.resolve(plans.auto_spec(cmap, "groups"), cmap), [corpus],
              folder / "control" / "groups.zarr", **KW)
     _without_component_map(folder / "control" / "groups.zarr")
@@ -434,3 +439,147 @@ def test_figure_downloads():
         assert b"<svg" in charts.figure_bytes(chart, "svg")[:200]
     with pytest.raises(ValueError, match="valid: png, svg, html"):
         charts.figure_bytes(chart, "gif")
+
+
+# --- task results, intervals and axes as the report has them --------------------------------------
+
+def test_task_results_reach_the_perplexity_page(runs):
+    from probes import stats
+
+    ds = ad.read_results(runs / "study.zarr")
+    assert {"correct", "accuracy"} <= set(ds.data_vars)  # dims (…, metric) no longer dropped
+    at = start(runs, "perplexity", picked=[runs / "study.zarr"])
+    assert not at.exception
+    assert "no task results" not in texts(at, "info")
+    drops = chart_data(at, 2, "drop_low")
+    want = stats.accuracy_drops(ds["correct"].sel(metric="acc"), n_boot=ad.N_BOOT)
+    for r in drops.itertuples():
+        assert r.drop == pytest.approx(float(want["acc_drop"].sel(condition=r.id, task=r.task)))
+        assert r.drop_low == pytest.approx(float(want["low"].sel(condition=r.id, task=r.task)))
+    assert {"last_word", "next_sentence"} == set(drops["task"])
+    items = next(f.value for f in at.dataframe if "change" in f.value)
+    assert len(items) == 4 and set(items["change"]) <= {"lost", "gained", "kept right", "kept wrong"}
+    widget(at, "radio", "Metric").set_value("acc_norm").run()
+    assert not at.exception and "acc_norm" in texts(at, "caption")
+
+
+def test_layer_sweep_offers_accuracy_drops_and_whole_layers(runs):
+    at = start(runs, "layer_sweep", picked=[runs / "study.zarr"])
+    rows = set(chart_data(at, 0, "row")["row"])
+    assert "whole layer, skip_layer" in rows and "attention" in rows
+    value = widget(at, "selectbox", "Value")
+    assert "accuracy drop" in value.options
+    value.select("accuracy drop").run()
+    assert not at.exception
+    cells = chart_data(at, 0, "row")
+    acc = ad.accuracy_table(ad.read_results(runs / "study.zarr"), "acc", n_boot=ad.N_BOOT)
+    want = acc[acc["task"] == "last_word"].set_index("id")["drop"]
+    assert (cells["value"].to_numpy() == want.loc[cells["id"]].to_numpy()).all()
+
+
+def test_skip_layer_groups_are_drawn_under_their_role(runs):
+    at = start(runs, "perplexity", picked=[runs / "study.zarr"])
+    groups = chart_data(at, 0, "group_role")
+    skip = groups[groups["mode"] == "skip_layer"]
+    assert len(skip) and set(skip["group_role"]) == {"attention"}  # not 'attention:skip_layer'
+
+
+def test_app_intervals_are_the_reports(runs):
+    from probes import stats
+    from workbench import report
+
+    ds = ad.read_results(runs / "study.zarr")  # one corpus: the report's pooled windows are its windows
+    p = report.pooled(ds)
+    ids = [i for i in map(str, ds.condition.values) if i != "baseline"]
+    want = report.ratios(ds, p, ids)
+    got = stats.ratio_intervals(ds, n_boot=report.N_BOOT, block="auto")
+    for i in ids:
+        assert tuple(float(got[v].sel(condition=i).item()) for v in ("ratio", "low", "high")) == \
+            pytest.approx(want[i])
+    at = start(runs, "compare", picked=[runs / "study.zarr"])
+    at.radio[0].set_value("two conditions of one store").run()
+    frame = next(f.value for f in at.dataframe if "B / A" in f.value).set_index("corpus")
+    a, b = "baseline", str(ds.condition.values[1])
+    r = stats.paired_ratio(p.row(b), p.row(a), p.tokens, n_boot=ad.N_BOOT)
+    assert (frame.loc["tale", "low"], frame.loc["tale", "high"]) == pytest.approx((r.low, r.high))
+
+
+@pytest.fixture(scope="module")
+def short_runs(tmp_path_factory):
+    """Two tiny stores: few.zarr (a handful of windows) and one.zarr (a single window)."""
+    folder = tmp_path_factory.mktemp("short")
+    loaded = load_model("random:qwen2")
+    cmap = component_map(loaded.model)
+    plan = plans.resolve(plans.auto_spec(cmap, "groups"), cmap)
+    for name, words in (("few", 30), ("one", 4)):
+        text = folder.parent / f"{name}.txt"
+        text.write_text(" ".join(TEXT.split()[:words]))
+        run_plan(loaded, plan, [load_corpus(str(text), loaded.tokenizer)], folder / f"{name}.zarr", **KW)
+    return folder
+
+
+def test_short_runs_get_intervals_or_say_why_not(short_runs):
+    few = ad.read_results(short_runs / "few.zarr")
+    assert 2 <= int((few["window_tokens"] > 0).sum()) < 16  # a single block of 8 once: no interval at all
+    at = start(short_runs, "perplexity", picked=[short_runs / "few.zarr"])
+    data = chart_data(at, 0, "mode")
+    assert data["low"].notna().all() and "Too few windows" not in texts(at, "caption")
+    at = start(short_runs, "perplexity", picked=[short_runs / "one.zarr"])
+    assert not at.exception
+    assert "Too few windows for an interval" in texts(at, "caption")
+
+
+def test_one_huge_ratio_does_not_flatten_the_axis():
+    table = pd.DataFrame({"label": ["attention", "gdn", "layers"], "ratio": [1.2, 2.0, 1e36],
+                          "low": [1.1, 1.8, 1e30], "high": [1.3, 2.2, 1e40]})
+    clipped = ad.clip_ratios(table)
+    assert clipped["overflow"].tolist() == [False, False, True]
+    assert clipped["true_ratio"].iloc[2] == 1e36 and clipped["ratio"].iloc[2] == ad.OVERFLOW
+    lo, hi = ad.log_domain(clipped)
+    assert hi < 2 * ad.OVERFLOW  # x2.0 keeps a tenth of the axis, not a 1/80th
+    assert "▶" in ad.overflow_caption(clipped) and ad.overflow_caption(ad.clip_ratios(table.iloc[:2])) == ""
+
+
+def test_a_cancelled_run_is_not_being_written(runs, tmp_path):
+    """A lock inherited by a child outlives the killed run: the pid in the lock file decides."""
+    import fcntl
+    import os
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(runs / "control" / "groups.zarr", store)
+    claims = tmp_path / ".s.zarr.claims"
+    claims.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = claims / "1.lock"
+    lock.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid, "since": 0}))
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, as by the orphaned child
+    try:
+        assert not ad.being_written(store)
+        lock.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": os.getpid(), "since": 0}))
+        assert ad.being_written(store)
+    finally:
+        os.close(fd)
+
+
+def test_layer_sweep_draws_per_layer_diagnostics(runs, tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    path = tmp_path / "diag" / "study.zarr"
+    shutil.copytree(runs / "study.zarr", path)
+    ds = ad.read_results(path)
+    ids = [str(c) for c in ds.condition.values]
+    cka = np.linspace(0.5, 1.0, len(ids) * 5).reshape(len(ids), 5)
+    xr.Dataset({"cka_linear": (("condition", "layer"), cka)},
+               coords={"condition": ids, "layer": np.arange(-1, 4)}).to_zarr(
+        str(path), group="diagnostics", mode="w", consolidated=False, zarr_format=2)
+    at = start(tmp_path / "diag", "layer_sweep", picked=[path])
+    value = widget(at, "selectbox", "Value")
+    assert "CKA to the clean run (linear)" in value.options
+    value.select("cka_linear").run()
+    assert not at.exception
+    widget(at, "selectbox", "Measured at layer").select(1).run()
+    cells = chart_data(at, 0, "row")
+    assert len(cells) and np.allclose(cells["value"], [cka[ids.index(i), 2] for i in cells["id"]])

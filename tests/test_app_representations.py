@@ -218,3 +218,39 @@ def test_launch_page_read_only_then_with_token(tmp_path, monkeypatch):
     at.run()
     table = at.dataframe[0].value
     assert table.loc[0, "state"] == "done" and table.loc[0, "owner"] == "ana"
+
+
+def test_damaged_diagnostics_give_one_clear_message(diag_runs, tmp_path):
+    bad = tmp_path / "runs" / "bad.zarr"
+    shutil.copytree(diag_runs / "q35.zarr", bad)
+    for chunk in (bad / dg.DIAGNOSTICS / "cka_linear").glob("[0-9]*"):
+        chunk.write_bytes(b"\x02\x01garbage")
+    with pytest.raises(dg.Unreadable, match="workbench diagnose"):
+        dg.read_diagnostics(bad)
+    for page in ("representations", "embedding_map", "layer_sweep"):
+        at = start(tmp_path / "runs", page, picked=[bad])
+        assert not at.exception, page
+        message = texts(at, "error") + texts(at, "warning")
+        assert "cannot be read" in message and f"workbench diagnose {bad}" in message, page
+
+
+def test_retrieval_view_says_why_it_is_blank(diag_runs, tmp_path):
+    path = tmp_path / "runs" / "noret.zarr"
+    shutil.copytree(diag_runs / "q35.zarr", path)
+    diag = dg.read_diagnostics(path)
+    diag = diag.drop_vars([v for v in diag.data_vars if v.startswith(("retrieval", "induction"))])
+    for v in diag.variables.values():
+        v.encoding = {}
+    diag.to_zarr(str(path), group=dg.DIAGNOSTICS, mode="w", consolidated=False, zarr_format=2)
+    at = view(start(tmp_path / "runs", "representations", picked=[path]), "Retrieval and induction")
+    assert "--diagnostics retrieval" in texts(at, "info") and not at.get("vega_lite_chart")
+
+
+def test_lens_grid_height_capped_and_norm_panels_in_caption_order(diag_runs):
+    assert dg.grid_step(9, 2) == 22
+    assert dg.grid_step(64, 2) * 64 * 2 <= 1400 and dg.grid_step(500, 2) == 6
+    at = view(start(diag_runs, "representations", picked=[diag_runs / "q35.zarr"]), "Norm drift")
+    facet = specs(at)[0]["facet"]
+    assert facet["sort"] == ["residual norm", "norm / clean norm", "cosine to clean"]
+    caption = texts(at, "caption")
+    assert caption.index("residual norm") < caption.index("norm / clean norm") < caption.index("cosine to clean")

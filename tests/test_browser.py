@@ -110,10 +110,52 @@ def test_every_page_in_a_browser(served):
         # a page's own URL, opened directly, gets the same app (navigation, sidebar, wide layout)
         page.goto(f"{served}/layer_sweep")
         _settled(page)
+        # on a loaded machine the page can still be drawing after the settle check: wait for what is counted
+        page.get_by_role("combobox", name="Condition details").first.wait_for(timeout=60_000)
         nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
         assert "Perplexity and tasks" in nav and "streamlit app" not in nav.lower(), nav
         assert page.locator('[data-testid="stException"]').count() == 0
         assert page.get_by_role("combobox", name="Condition details").count() == 1
+        browser.close()
+    assert not errors, errors
+
+
+def test_task_results_in_a_browser(served):
+    """A study store with tasks: accuracy, paired accuracy drops and the per-item table on the
+    Perplexity-and-tasks page, and accuracy drops on the Layer sweep."""
+    from playwright.sync_api import sync_playwright
+
+    served, _ = served
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{served}/perplexity")
+        _settled(page)
+        _switch(page, "multiselect", "Stores", "study")
+        _settled(page)
+        page.get_by_role("combobox", name="Store").first.wait_for(timeout=30_000)
+        _switch(page, "selectbox", "Store", "study")
+        _settled(page)
+        page.get_by_text("Accuracy drop against the baseline").first.wait_for(timeout=60_000)
+        _settled(page)
+        body = page.inner_text("body")
+        assert "no task results" not in body and "Item by item" in body
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3  # groups, accuracy, drops
+        assert page.locator('[data-testid="stException"]').count() == 0
+        _screenshot(page, SHOTS / "perplexity_tasks.png")
+        page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Layer sweep").first.click()
+        _settled(page)
+        page.get_by_role("combobox", name="Store").first.wait_for(timeout=30_000)
+        _switch(page, "selectbox", "Store", "study")
+        _settled(page)
+        _switch(page, "selectbox", "Value", "accuracy drop")
+        _settled(page)
+        page.get_by_role("combobox", name="Task").first.wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1
+        assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     assert not errors, errors
 

@@ -118,3 +118,38 @@ def test_trial_summaries():
     np.testing.assert_allclose(out["min"].values[0], trials.min(0))
     assert (out["n"].values == 3).all()
     assert random_matched_summary(ratio.sel(condition=["baseline", "a"])).sizes["group"] == 0
+
+
+def test_auto_blocks_follow_the_reports_rule():
+    from probes.stats import block_bootstrap_ratios, block_size
+
+    assert [block_size(n) for n in (1, 9, 19, 40, 79, 80, 500)] == [1, 1, 1, 4, 7, 8, 8]
+    ds = fake_store(n_windows=(40, 12))
+    out = ratio_intervals(ds, n_boot=300, block="auto")
+    for j, (corpus, n) in enumerate((("news", 40), ("books", 12))):
+        want = block_bootstrap_ratios(ds.window_nll.isel(corpus=j).values, ds.window_nll.isel(corpus=j).values[0],
+                                      ds.window_tokens[j].values, block=block_size(n), n_boot=300)
+        np.testing.assert_allclose(out.low.sel(corpus=corpus).values, want[1])
+    assert not np.isnan(out.low.sel(corpus="books").values).any()  # 12 windows: blocks of 8 gave none
+    with pytest.raises(ValueError, match="'auto'"):
+        ratio_intervals(ds, block="big")
+
+
+def test_accuracy_intervals_and_paired_ratio():
+    from probes.stats import accuracy_intervals, block_bootstrap_ratios, paired_ratio
+
+    rng = np.random.default_rng(1)
+    correct = rng.integers(0, 2, (3, 2, 30)).astype(float)
+    correct[:, 1, 20:] = np.nan  # task 1 has 20 items
+    da = xr.DataArray(correct, dims=("condition", "task", "item"), coords={"condition": ["baseline", "a", "b"]})
+    out = accuracy_intervals(da, n_boot=400, seed=3)
+    np.testing.assert_allclose(out.accuracy.values, np.nanmean(correct, axis=2))
+    # the same item draws for every condition: scipy's scheme on the 20 real items of task 1
+    idx = np.random.default_rng(3).integers(0, 20, (400, 20))
+    boots = correct[:, 1, :20][:, idx].mean(axis=2)
+    np.testing.assert_allclose(out.low.isel(task=1).values, np.percentile(boots, 2.5, axis=1), atol=1e-12)
+    ds = fake_store()
+    nll, tok = ds.window_nll.isel(corpus=0).values, ds.window_tokens[0].values
+    r = paired_ratio(nll[2], nll[1], tok, n_boot=300)
+    want = block_bootstrap_ratios(nll[2][None], nll[1], tok, block=4, n_boot=300)
+    assert (r.ratio, r.low, r.high) == pytest.approx(tuple(float(w[0]) for w in want))

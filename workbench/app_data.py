@@ -20,7 +20,8 @@ from workbench.app.palette import FUNCTION, function_of, role_of
 from workbench.store import StoreError, open_store, provenance_json, verify
 
 DEFAULT_RUNS = "runs"
-RESULT_DIMS = {"condition", "corpus", "window", "task", "item", "layer", "role"}  # activations stay on disk
+# task results carry metric (acc, acc_norm); loglik's choice dim and activations stay on disk
+RESULT_DIMS = {"condition", "corpus", "window", "task", "item", "metric", "layer", "role"}
 N_BOOT = 2000
 CONDITION_COLUMNS = ["id", "label", "kind", "mode", "group", "roles", "layers", "draw_seed", "donor_seed",
                      "n_targets"]
@@ -89,11 +90,43 @@ def store_size(path: str | Path) -> int:
     return total
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not reaped, does not)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _holder_gone(lock: Path) -> bool:
+    """The lock file names a process of this host that no longer runs (a cancelled run whose
+    lock lives on in a child that inherited it)."""
+    import json
+    import socket
+
+    try:
+        owner = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    pid = owner.get("pid")
+    return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
 def being_written(path: str | Path) -> bool:
     """Whether a live process holds a claim on one of the store's conditions now.
 
     ``workbench run`` holds an exclusive lock on ``.NAME.claims/<index>.lock`` while it computes
-    a condition; the kernel drops it when the process dies, so a held lock means a live writer.
+    a condition; the kernel drops it when the process dies. A child that inherited the lock can
+    outlive a cancelled run, so a held lock counts only while the process it names is alive.
     """
     import fcntl
     import os
@@ -107,7 +140,8 @@ def being_written(path: str | Path) -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            if not _holder_gone(lock):
+                return True
         except OSError:
             continue
         finally:
@@ -214,9 +248,20 @@ def _cached():
         ds, _ = store(path, stamp)
         if "baseline" not in list(ds.condition.values):
             return None
-        return ratio_intervals(ds, n_boot=n_boot, seed=seed)
+        return ratio_intervals(ds, n_boot=n_boot, seed=seed, block="auto")  # the report's blocks
 
-    return {"info": info, "store": store, "summary": summary, "intervals": intervals}
+    @st.cache_data(show_spinner="Bootstrapping task intervals...", max_entries=16)
+    def accuracy(path: str, stamp: tuple, metric: str, n_boot: int) -> pd.DataFrame | None:
+        return accuracy_table(store(path, stamp)[0], metric, n_boot=n_boot)
+
+    @st.cache_data(show_spinner="Reading diagnostics...", max_entries=16)
+    def diagnostics(path: str, stamp: int) -> xr.Dataset | None:
+        from workbench.app.diagnostics import read_diagnostics
+
+        return read_diagnostics(path)
+
+    return {"info": info, "store": store, "summary": summary, "intervals": intervals, "accuracy": accuracy,
+            "diagnostics": diagnostics}
 
 
 def cached_info(path) -> dict:
@@ -233,6 +278,28 @@ def cached_summary(path) -> pd.DataFrame:
 
 def cached_intervals(path, n_boot: int = N_BOOT, seed: int = 0) -> xr.Dataset | None:
     return _cached()["intervals"](str(path), fingerprint(path), n_boot, seed)
+
+
+def cached_accuracy(path, metric: str = "acc", n_boot: int = N_BOOT) -> pd.DataFrame | None:
+    return _cached()["accuracy"](str(path), fingerprint(path), metric, n_boot)
+
+
+def cached_diagnostics(path, warn: bool = True) -> xr.Dataset | None:
+    """The store's diagnostics group (None without one; a damaged one is said on the page and
+    treated as absent)."""
+    from workbench.app import diagnostics as dg
+
+    stamp = dg.group_stamp(path, dg.DIAGNOSTICS)
+    if not stamp:
+        return None
+    try:
+        return _cached()["diagnostics"](str(path), stamp)
+    except dg.Unreadable as exc:
+        if warn:
+            import streamlit as st
+
+            st.warning(str(exc))
+        return None
 
 
 # --- tables for the pages (pure pandas; pages only draw) --------------------------------
@@ -343,6 +410,52 @@ def random_pool(group: str) -> str:
     return group.split("of", 1)[1] if "of" in group else group
 
 
+OVERFLOW = 1e3  # ratios drawn at most this far from 1; larger ones sit at the edge, marked
+
+
+def clip_ratios(frame: pd.DataFrame, limit: float = OVERFLOW,
+                columns=("ratio", "low", "high", "min", "max", "median", "q25", "q75")) -> pd.DataFrame:
+    """Ratios above ``limit`` drawn at ``limit``, the true value kept in ``true_ratio`` and the
+    row flagged in ``overflow``: one destroyed model (x1e36) would otherwise flatten a shared log
+    axis, shrinking x1.2 against x2.0 to slivers."""
+    out = frame.copy()
+    value = "ratio" if "ratio" in out else "median"
+    out["true_ratio"] = out[value]
+    out["overflow"] = out[value].astype(float) > limit
+    out["overflow_text"] = [f"▶ x{v:.3g}" if o else "" for v, o in zip(out[value], out["overflow"])]
+    for col in columns:
+        if col in out:
+            vals = out[col].astype(float)
+            out[col] = vals.where(~(vals > limit), limit)
+    return out
+
+
+def overflow_caption(frame: pd.DataFrame, limit: float = OVERFLOW) -> str:
+    """A sentence naming the clipped rows, or ""."""
+    if "overflow" not in frame or not frame["overflow"].any():
+        return ""
+    return (f"▶ marks ratios above x{limit:g}, drawn at the axis edge so the others stay readable "
+            "(true values in the tooltip and the table).")
+
+
+def no_interval(frame: pd.DataFrame) -> list[str]:
+    """Labels of rows with a finite ratio but no interval (too few windows to resample)."""
+    if not {"ratio", "low"} <= set(frame):
+        return []
+    rows = frame[np.isfinite(frame["ratio"].astype(float)) & frame["low"].isna()]
+    return list(dict.fromkeys(rows["label"] if "label" in rows else rows.index.astype(str)))
+
+
+def interval_caption(frame: pd.DataFrame) -> str:
+    """'too few windows for an interval' with the rows it concerns, or ""."""
+    names = no_interval(frame)
+    if not names:
+        return ""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return (f"Too few windows for an interval: {'; '.join(names[:3])}{more} (no error bar; an interval "
+            "needs at least two windows to resample).")
+
+
 def log_domain(*frames: pd.DataFrame, columns=("ratio", "low", "high", "min", "max")) -> list[float]:
     """Axis limits for ratios on a log scale: the values and 1, padded by 8% of their log span.
 
@@ -366,7 +479,7 @@ def comparison_key(row, align: str = "role") -> str:
         raise ValueError(f"align must be 'role' or 'function', got {align!r}")
     kind, mode, roles = row["kind"], row["mode"], row["roles"]
     if kind == "group" and str(row.get("group", "")).startswith("group:"):
-        roles = str(row["group"]).split(":", 1)[1]  # a skip_layer group's targets are layers; name its role
+        roles = str(row["group"]).split(":")[1]  # a skip_layer group's targets are layers; name its role
     if align == "function":
         roles = "+".join(dict.fromkeys(FUNCTION.get(r, r) for r in str(roles).split("+") if r))
     if kind == "group":
@@ -573,44 +686,79 @@ def warn_store(sel: Selection, path: str) -> None:
 
 def group_role(row) -> str:
     """The role a group condition is about ('group:attention' -> 'attention'), also for
-    skip_layer groups, whose targets are whole layers."""
+    skip_layer groups ('group:attention:skip_layer'), whose targets are whole layers."""
     group = str(row["group"])
-    return group.split(":", 1)[1] if group.startswith("group:") else role_of(row["roles"])
+    return group.split(":")[1] if group.startswith("group:") else role_of(row["roles"])
 
 
-def accuracy_table(ds: xr.Dataset, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame | None:
-    """Long table (condition, task, accuracy, low, high, drop) when the store has task results.
+def task_metrics(ds: xr.Dataset) -> list[str]:
+    """The accuracy metrics a store holds (``acc``, ``acc_norm``), or [] without task results."""
+    if "correct" not in ds and "accuracy" not in ds:
+        return []
+    var = ds["correct"] if "correct" in ds else ds["accuracy"]
+    return [str(m) for m in ds["metric"].values] if "metric" in var.dims else ["acc"]
 
-    Intervals: percentile bootstrap over items of ``correct(condition, task, item)`` when
-    present (items NaN-padded per task are ignored); else point values only.
+
+def _by_metric(var: xr.DataArray, metric: str) -> xr.DataArray:
+    return var.sel(metric=metric) if "metric" in var.dims else var
+
+
+def accuracy_table(ds: xr.Dataset, metric: str = "acc", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame | None:
+    """Long table (id, label, task, accuracy, low, high, drop, drop_low, drop_high, items) when the
+    store has task results, for one ``metric``.
+
+    Accuracy intervals: bootstrap over items; drops (baseline minus condition, positive: worse):
+    paired by item, as the report computes them (``probes.stats``). Conditions not computed yet
+    are NaN.
     """
-    if "accuracy" not in ds and "correct" not in ds:
+    from probes import stats
+
+    if not task_metrics(ds):
         return None
-    tasks = [str(t) for t in ds["task"].values]
-    labels = ds["label"].values
-    rng = np.random.default_rng(seed)
-    rows = []
-    for j, task in enumerate(tasks):
-        correct = ds["correct"].isel(task=j).transpose("condition", "item").values.astype(float) \
-            if "correct" in ds else None
-        acc = (ds["accuracy"].isel(task=j).values if "accuracy" in ds
-               else np.nanmean(correct, axis=1))
-        low = high = np.full(len(acc), np.nan)
-        if correct is not None:
-            items = ~np.isnan(correct).all(axis=0)
-            c = np.nan_to_num(correct[:, items])
-            n = c.shape[1]
-            if n:
-                counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).T / n  # (item, draw)
-                boots = c @ counts
-                low, high = np.quantile(boots, 0.025, axis=1), np.quantile(boots, 0.975, axis=1)
-        for i, cid in enumerate(ds["condition"].values):
-            rows.append({"id": str(cid), "label": str(labels[i]), "task": task, "accuracy": float(acc[i]),
-                         "low": float(low[i]), "high": float(high[i])})
-    out = pd.DataFrame(rows)
-    base = out[out["id"] == "baseline"].set_index("task")["accuracy"]
-    out["drop"] = [base.get(t, np.nan) - a for t, a in zip(out["task"], out["accuracy"])]
+    if metric not in task_metrics(ds):
+        raise ValueError(f"no task metric {metric!r} in the store; it has {', '.join(task_metrics(ds))}")
+    ids = [str(c) for c in ds["condition"].values]
+    out = pd.DataFrame([{"id": cid, "label": str(lab), "task": str(t)}
+                        for t in ds["task"].values for cid, lab in zip(ids, ds["label"].values)])
+    if "correct" in ds:
+        correct = _by_metric(ds["correct"], metric).transpose("condition", "task", "item")
+        acc = stats.accuracy_intervals(correct, n_boot=n_boot, seed=seed)
+        for col in ("accuracy", "low", "high"):
+            out[col] = acc[col].transpose("task", "condition").values.reshape(-1)
+        out["items"] = np.repeat((~correct.isnull().all("condition")).sum("item").values, len(ids))
+        if "baseline" in ids:
+            drops = stats.accuracy_drops(correct, n_boot=n_boot, seed=seed).transpose("task", "condition")
+            for col, name in (("drop", "acc_drop"), ("drop_low", "low"), ("drop_high", "high")):
+                out[col] = drops[name].values.reshape(-1)
+    else:
+        out["accuracy"] = _by_metric(ds["accuracy"], metric).transpose("task", "condition").values.reshape(-1)
+        out["low"] = out["high"] = np.nan
+        out["items"] = 0
+    if "drop" not in out:
+        base = out[out["id"] == "baseline"].set_index("task")["accuracy"]
+        out["drop"] = [base.get(t, np.nan) - a for t, a in zip(out["task"], out["accuracy"])]
+        out["drop_low"] = out["drop_high"] = np.nan
     return out
+
+
+def item_table(ds: xr.Dataset, task: str, condition: str, metric: str = "acc") -> pd.DataFrame:
+    """One row per item of ``task``: right or wrong under the baseline and under ``condition``,
+    and what the ablation did to it (lost, gained, kept right, kept wrong)."""
+    correct = _by_metric(ds["correct"], metric).sel(task=task).transpose("condition", "item")
+    base, cond = correct.sel(condition="baseline").values, correct.sel(condition=condition).values
+    real = ~np.isnan(base)
+    names = (ds["item_id"].sel(task=task).values if "item_id" in ds.coords else correct["item"].values)
+    change = np.select([(base == 1) & (cond == 0), (base == 0) & (cond == 1), base == 1, base == 0],
+                       ["lost", "gained", "kept right", "kept wrong"], "not computed")
+    return pd.DataFrame({"item": np.asarray(names)[real].astype(str), "baseline": base[real],
+                         "ablated": cond[real], "change": change[real]})
+
+
+def sweep_row(roles: str, mode: str) -> str:
+    """A sweep heatmap's row: the role ('attention'), its mode when not zero, and the study's
+    every-layer-alone sweep (targets: whole layers) as 'whole layer, skip_layer'."""
+    name = "whole layer" if roles == "layer" else roles
+    return name if mode == "zero" else f"{name}, {mode}"
 
 
 def layer_variables(ds: xr.Dataset) -> list[str]:

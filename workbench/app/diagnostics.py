@@ -46,10 +46,25 @@ def group_stamp(path: str | Path, name: str) -> int:
         return 0
 
 
+class Unreadable(ValueError):
+    """A diagnostics or activations group with a damaged or missing chunk."""
+
+
+def unreadable(path: str | Path, name: str, exc: Exception) -> Unreadable:
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return Unreadable(f"The {name} of {Path(path).name} cannot be read (a damaged or missing chunk: "
+                      f"{type(exc).__name__}{': ' + first if first else ''}). Rerun `{DIAGNOSE_HINT.format(path=path)}` "
+                      "to rewrite them; the run's perplexity and task results are not affected.")
+
+
 def read_diagnostics(path: str | Path) -> xr.Dataset | None:
-    """The diagnostics group, loaded (it is small: per condition, layer, probe, head, map point)."""
-    ds = open_group(path, DIAGNOSTICS)
-    return None if ds is None else ds.load()
+    """The diagnostics group, loaded (it is small: per condition, layer, probe, head, map point);
+    ``Unreadable`` with one clear line when a chunk of it is damaged."""
+    try:
+        ds = open_group(path, DIAGNOSTICS)
+        return None if ds is None else ds.load()
+    except Exception as exc:  # blosc, zarr or key errors from a damaged chunk
+        raise unreadable(path, DIAGNOSTICS, exc) from None
 
 
 def token_table(path: str | Path) -> pd.DataFrame | None:
@@ -210,7 +225,10 @@ def cka_between(path_a, cond_a: str, path_b, cond_b: str, *, max_tokens: int = 5
         act = open_group(path, ACTIVATIONS)
         h = act["hidden"].isel(condition=activation_row(path, cond)).isel(token=np.sort(idx))
         order = np.argsort(np.argsort(idx))  # back to the pairing order
-        return h.isel(token=order).astype(np.float64).transpose("layer", "token", "d_model").load()
+        try:
+            return h.isel(token=order).astype(np.float64).transpose("layer", "token", "d_model").load()
+        except Exception as exc:  # a damaged chunk of the cached activations
+            raise unreadable(path, ACTIVATIONS, exc) from None
 
     out = cka_matrix(hidden(path_a, cond_a, ia), hidden(path_b, cond_b, ib), debiased=debiased)
     out.attrs["tokens"] = int(len(ia))
@@ -225,6 +243,12 @@ def cka_frame(m: xr.DataArray) -> pd.DataFrame:
 # -- logit-lens grid ----------------------------------------------------------------------------
 
 GRID_DIM = "lens_token"  # the grid's own positions (a subset of the sample's tokens)
+
+
+def grid_step(n_layers: int, n_panels: int, budget: int = 1400) -> int:
+    """Pixels per layer row of the lens grid: 22, shrinking (to 6) so that every panel together
+    stays within ``budget`` pixels (a deep model's grid ran to 5,800 px)."""
+    return int(np.clip(budget // max(1, n_layers * n_panels), 6, 22))
 
 
 def has_lens_grid(diag: xr.Dataset) -> bool:
@@ -289,7 +313,16 @@ COLOUR_BY = {"condition": "the condition (run) each point comes from",
 
 def map_frame(path: str | Path, diag: xr.Dataset, method: str, conditions) -> pd.DataFrame:
     """Points of the shared map for ``conditions``: x, y, the token, its context and the labels
-    the page can colour by (see ``COLOUR_BY``)."""
+    the page can colour by (see ``COLOUR_BY``); ``Unreadable`` when the activations are damaged."""
+    try:
+        return _map_frame(path, diag, method, conditions)
+    except (KeyError, Unreadable):
+        raise
+    except Exception as exc:  # blosc or zarr errors from a damaged chunk of the activations
+        raise unreadable(path, ACTIVATIONS, exc) from None
+
+
+def _map_frame(path: str | Path, diag: xr.Dataset, method: str, conditions) -> pd.DataFrame:
     tokens = token_table(path)
     m = diag["map_xy"].sel({"method": method, "condition": list(conditions)})
     names = labels_of(diag)
