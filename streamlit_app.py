@@ -16,17 +16,8 @@ from pathlib import Path
 import streamlit as st
 
 from workbench import app_data as ad
+from workbench.app.pages import PAGES
 
-PAGES = [("app_pages/runs.py", "Runs", ":material/folder_open:"),
-         ("app_pages/model_map.py", "Model map", ":material/account_tree:"),
-         ("app_pages/perplexity.py", "Perplexity and tasks", ":material/bar_chart:"),
-         ("app_pages/layer_sweep.py", "Layer sweep", ":material/grid_on:"),
-         ("app_pages/random_controls.py", "Random controls", ":material/scatter_plot:"),
-         ("app_pages/compare.py", "Compare", ":material/compare_arrows:"),
-         ("app_pages/representations.py", "Representations", ":material/stacked_line_chart:"),
-         ("app_pages/embedding_map.py", "Embedding map", ":material/bubble_chart:"),
-         ("app_pages/report.py", "Report", ":material/article:"),
-         ("app_pages/launch.py", "Launch", ":material/rocket_launch:")]
 
 
 
@@ -39,8 +30,7 @@ def restart_runners(folder: str) -> list[int]:
 
 
 st.set_page_config(page_title="Ablation workbench", layout="wide", initial_sidebar_state="expanded")
-page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
-                      for i, (path, title, icon) in enumerate(PAGES)])
+page = st.navigation([st.Page(p.path, title=p.title, icon=p.icon, default=i == 0) for i, p in enumerate(PAGES)])
 # Drawn here, on every run, so the folder and stores chosen survive page changes.
 ad.sidebar()
 restart_runners(str(Path(ad.default_runs_dir()).expanduser().resolve()))

@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from workbench.app.pages import NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 # the views of the Representations page (a radio; each is timed too)
 VIEWS = ["CKA to clean", "CKA between layers", "Probes", "Logit lens", "Norm drift", "Retrieval and induction"]
-PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "representations",
-         "embedding_map", "report", "launch"]
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"{len(stores)} store(s) in {args.runs}; app start (listing, integrity checks) {first:.2f} s, "
           f"picking every store {pick:.2f} s")
     print(f"{'page':<18}{'cold s':>8}{'warm s':>8}  charts  errors")
-    for page in PAGES:
+    for page in NAMES:
         at.switch_page(f"app_pages/{page}.py")
         start = time.perf_counter()
         at.run()

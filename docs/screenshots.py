@@ -15,12 +15,9 @@ import tempfile
 from pathlib import Path
 
 from workbench.app.browser import screenshot, serve, settled
+from workbench.app.pages import PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [("Runs", "runs"), ("Model map", "model_map"), ("Perplexity and tasks", "perplexity"),
-         ("Layer sweep", "layer_sweep"), ("Random controls", "random_controls"), ("Compare", "compare"),
-         ("Representations", "representations"), ("Embedding map", "embedding_map"), ("Report", "report"),
-         ("Launch", "launch")]
 
 
 def main() -> None:
@@ -48,7 +45,7 @@ def main() -> None:
                 options.first.click()
                 settled(page)
             page.keyboard.press("Escape")
-            for title, name in PAGES:
+            for title, name in ((p.title, p.name) for p in PAGES):
                 page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
                 settled(page)
                 if name not in ("runs", "report", "launch"):  # a slow first draw may outlast the settle check
