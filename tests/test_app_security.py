@@ -323,3 +323,27 @@ def test_cancel_asks_first_and_names_who_asked(runs, monkeypatch):
     while jobs.read_job(runs, job.id).state in jobs.ACTIVE and time.time() < end:
         time.sleep(0.1)
     assert jobs.read_job(runs, job.id).state == "cancelled"
+
+
+def _planted_store(path: Path, source: str, reference: str = "") -> Path:
+    """Just what diagnose re-reads of a store: its corpus sources and protocol."""
+    import numpy as np
+    import zarr
+
+    path.mkdir()
+    arr = zarr.open_array(str(path / "corpus_source"), mode="w", shape=(1,), dtype=np.dtypes.StringDType(),
+                          zarr_format=2)
+    arr[:] = np.array([source], dtype=np.dtypes.StringDType())
+    (path / ".zattrs").write_text(json.dumps({"protocol": json.dumps({"reference": reference or source})}))
+    return path
+
+
+def test_diagnose_refuses_a_store_that_would_read_a_server_file(runs):
+    _planted_store(runs / "planted.zarr", "/etc/hostname")
+    _planted_store(runs / "sneaky.zarr", "builtin:news", reference="/etc/hostname (last 128 tokens)")
+    _planted_store(runs / "fine.zarr", "builtin:news", reference=f"{runs / 'mine.txt'} (last 128 tokens)")
+    assert job_argv.recorded_corpora(runs / "planted.zarr") == ["/etc/hostname", "/etc/hostname"]
+    for name in ("planted.zarr", "sneaky.zarr"):
+        with pytest.raises(jobs.JobError, match="diagnose it from a shell"):
+            jobs.submit(runs, ["diagnose", "--tokens", "64", name], owner="ana", start=False)
+    assert jobs.submit(runs, ["diagnose", "fine.zarr"], owner="ana", start=False).out == str(runs.resolve() / "fine.zarr")

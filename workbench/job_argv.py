@@ -116,6 +116,35 @@ def _corpus(value: str, runs: Path) -> str:
                     f"nor a text file inside the runs folder {runs}")
 
 
+def recorded_corpora(store: Path) -> list[str]:
+    """The corpus specs ``workbench diagnose`` re-reads from a store: each scored corpus and the
+    reference (``builtin:`` and `` (last N tokens)`` taken off); [] when the store is not readable."""
+    import json
+
+    import zarr
+
+    try:
+        sources = [str(s) for s in zarr.open_array(str(store / "corpus_source"), mode="r", zarr_format=2)[:]]
+        protocol = json.loads(json.loads((store / ".zattrs").read_text()).get("protocol") or "{}")
+    except Exception:  # not a store (yet), or damaged: the command itself says so
+        return []
+    sources.append(re.sub(r" \(last \d+ tokens\)$", "", str(protocol.get("reference") or "")))
+    return [s.removeprefix("builtin:") for s in sources if s]
+
+
+def _diagnosed(value: str, runs: Path) -> str:
+    """A store inside the runs folder whose recorded corpora are built-in or files inside it: a store
+    someone put there must not make diagnose read (and the app show) any other server file."""
+    store = _out(value, runs)
+    for spec in recorded_corpora(Path(store)):
+        try:
+            _corpus(spec, runs)
+        except ArgvError:
+            raise ArgvError(f"store {value!r} was run on {spec!r}, neither a built-in corpus nor a file inside "
+                            f"{runs}; diagnose it from a shell") from None
+    return store
+
+
 def _model(value: str, runs: Path) -> str:
     """random:<type>, a built-in name, an HF id from the cache, or a model folder / .gguf in the runs
     folder (what exists relative to the runs folder must lie inside it: the CLI would load it)."""
@@ -211,7 +240,7 @@ def check(argv: list[str], runs: str | Path) -> tuple[list[str], Path]:
         if len(positional) != 1:
             raise ArgvError(f"a diagnose job takes one STORE inside {runs} (got {len(positional)}); "
                             "launch one job per store")
-        store = _out(positional[0], runs)
+        store = _diagnosed(positional[0], runs)
         return out + [store], Path(store)
     if positional:
         raise ArgvError(f"`workbench {command}` takes no argument {positional[0]!r}; options only")
