@@ -138,7 +138,8 @@ def test_report_is_written_with_figures(tiny_study, capsys):
     text = path.read_text()
     for heading in ("## Summary", "### 1-2. Is each component type used", "### 3. Where in depth",
                     "## 4. Resilience against the Transformer control", "### 5. How much could be removed?",
-                    "## Published values", "## Which findings hold here"):
+                    "## Published values", "## Which published findings hold here",
+                    "### Random controls", "### Progressive removal", "### Why"):
         assert heading in text, heading
     for png in ("random_qwen3_5-groups.png", "random_qwen3_5-sweep.png", "random_qwen3_5-compression.png",
                 "random-layers.png"):
@@ -165,7 +166,7 @@ def test_early_late_finding_uses_the_perplexity_ratio_when_the_late_third_has_no
     finding is judged on perplexity early/late, and the excess ratio is not shown."""
     import math
 
-    from workbench.report import _published_section, _summary_json
+    from workbench.report import HOLDS, NOT, _summary_json, findings
 
     def thirds(late, log_diff, gradient):
         return {"early": (1.08, 1.06, 1.10), "middle": (1.03, 1.02, 1.03), "late": late,
@@ -174,13 +175,15 @@ def test_early_late_finding_uses_the_perplexity_ratio_when_the_late_third_has_no
 
     flat = thirds((0.999, 0.998, 1.0), (math.log(1.08), math.log(1.06), math.log(1.10)), -194.7)
     results = {"hybrid": {"transformer": False, "groups": [], "baseline_ppl": 100.0, "tasks": {}, "compression": {},
-                          "thirds": {"attention": flat}}}
-    text = "\n".join(_published_section(results))
-    assert "for attention holds (perplexity early/late x1.08, interval [1.06, 1.10]; the late third has no clear effect)" \
-        in text
-    assert "-194" not in text
-    assert _summary_json(results)["hybrid"]["thirds"]["attention"]["gradient"] is None
+                          "thirds": {"attention": flat}, "power": None, "pairs": {}, "windows": 80, "vocab": None}}
+    (f,) = findings(results, [])
+    assert f.verdict == HOLDS and f.evidence.startswith(
+        "perplexity early/late x1.08 [1.06, 1.10] (early third x1.08 [1.06, 1.10], late x1.00 [1.00, 1.00]); "
+        "the late third has no clear effect")
+    assert "-194" not in f.evidence
+    assert _summary_json(results, [f], [], [])["models"]["hybrid"]["thirds"]["attention"]["gradient"] is None
     same = thirds((1.05, 1.04, 1.06), (0.0, -0.01, 0.01), 1.0)  # early and late alike: does not hold
     results["hybrid"]["thirds"]["attention"] = same
-    text = "\n".join(_published_section(results))
-    assert "for attention does not hold (perplexity early/late x1.00" in text and "excess-loss ratio x1.00" in text
+    (f,) = findings(results, [])
+    assert f.verdict == NOT and "perplexity early/late x1.00" in f.evidence and "excess-loss ratio x1.00" in f.evidence
+    assert "no difference beyond 2%" in f.evidence
