@@ -321,11 +321,12 @@ def study(
 
 @app.command()
 def report(folder: Path = typer.Argument(..., help="a study folder (workbench study --out FOLDER)")):
-    """Write the study report (Markdown with PNG figures) into FOLDER/report.md."""
+    """Write the study report (Markdown with PNG figures) into FOLDER/report.md. An unfinished study
+    is still reported (exit status 0), with a warning line first here and at the top of the report."""
     from workbench.report import ReportError, write_report
 
     try:
-        path = write_report(folder)
+        path = write_report(folder, log=lambda m: err.print(m, markup=False, highlight=False))
     except ReportError as exc:
         raise UserError(str(exc)) from None
     err.print(f"report: {path}", markup=False)
