@@ -525,8 +525,11 @@ def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | Non
             with _locked(runs):
                 now = read_job(runs, job.id)
                 if now.state == "running":  # the wrapper died before recording the status
-                    now.state, now.returncode, now.ended = "failed", rc, time.time()
-                    now.note = f"the job wrapper ended with status {rc}"
+                    now.returncode, now.ended = rc, time.time()
+                    if now.cancel_requested:  # the SIGINT came while the wrapper was starting
+                        now.state, now.note = "cancelled", "cancelled as it started; rerun the same command to resume"
+                    else:
+                        now.state, now.note = "failed", f"the job wrapper ended with status {rc}"
                     _write(runs, now)
             idle_since = time.monotonic()
 
