@@ -169,7 +169,7 @@ if sel.folder.expanduser().resolve() != folder:
 
 if not launch_token():
     st.warning("Launching is off: this app is read-only. The operator enables it by starting the app with a "
-               "token, `workbench app --runs DIR --launch-token TOKEN` (or with the environment variable "
+               "token, `workbench app --runs DIR --launch-token-file FILE` (or with the environment variable "
                f"`{TOKEN_ENV}` set), and gives the token to the people who may launch jobs.")
 elif not allowed():
     given = st.text_input("Launch token", type="password", key="launch_token_input",
