@@ -51,10 +51,12 @@ if metric == "perplexity ratio":
     finite = cells["value"][np.isfinite(cells["value"].astype(float)) & (cells["value"] > 0)]
     top = min(float(finite.max()) if len(finite) else 2.0, ad.OVERFLOW)
     low_end = float(finite.min()) if len(finite) else 0.5
-    # clamped: one destroyed model (x1e36) must not wash every other cell out to white
+    # symmetric about 1 on the log scale (x0.93 and x1.07 equally pale), clamped: one destroyed model
+    # (x1e36) must not wash every other cell out to white
+    span = max(top, 1 / min(low_end, 0.999), 1.001)
     colour = alt.Color("value:Q", title="perplexity / baseline",
                        scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0, clamp=True,
-                                       domain=[min(low_end, 0.999), max(top, 1.001)]),
+                                       domain=[1 / span, span]),
                        legend=alt.Legend(orient="right", format=".6~r"))
     caption = (f"perplexity with that component removed / baseline, corpus **{corpus}** "
                "(log colour scale: red worse, blue better than the baseline"

@@ -113,7 +113,8 @@ tip = ["label", "task", alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("lo
 order = list(dict.fromkeys(shown.sort_values("id", key=lambda s: s != "baseline", kind="stable")["label"]))
 base = alt.Chart(shown).encode(y=alt.Y("label:N", title=None, sort=order, axis=alt.Axis(labelLimit=0)),
                                yOffset="task:N")
-chart = (base.mark_bar().encode(x=alt.X("accuracy:Q", title=f"accuracy ({metric})", scale=alt.Scale(domain=[0, 1])),
+chart = (base.mark_bar().encode(x=alt.X("accuracy:Q", title=f"accuracy ({metric})", scale=alt.Scale(domain=[0, 1]),
+                                          axis=alt.Axis(tickCount=5, format=".1f")),
                                 color=alt.Color("task:N", legend=alt.Legend(**charts.LEGEND)), tooltip=tip)
          + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q"))
 charts.show(chart, f"task accuracy {metric}", shown)

@@ -91,6 +91,10 @@ layers = [box.mark_rule(color="#7f7f7f").encode(x=alt.X("min:Q", scale=x_scale),
           box.mark_tick(thickness=3, size=30, color="black").encode(
               x="median:Q", tooltip=["row", alt.Tooltip("true_ratio:Q", format=".4~g", title="median"), "n"]),
           charts.unit_rule("x")]
+over = pd.concat([f[f["overflow"]] for f in (pts_shown, marks_shown) if len(f)])
+if len(over):  # drawn at the edge: say so on the chart, not only in the caption
+    layers.append(alt.Chart(over).mark_text(text="▶", dx=12, fontSize=14).encode(
+        y=y, x=alt.X("ratio:Q", scale=x_scale), tooltip=[alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio")]))
 if len(marks):
     layers.append(alt.Chart(marks_shown).mark_point(shape="diamond", size=200, filled=True, opacity=1).encode(
         y=y, x=x, color=alt.Color("role:N", title="group", scale=scale(ROLE_COLOURS, roles),

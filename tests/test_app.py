@@ -583,3 +583,12 @@ def test_layer_sweep_draws_per_layer_diagnostics(runs, tmp_path):
     widget(at, "selectbox", "Measured at layer").select(1).run()
     cells = chart_data(at, 0, "row")
     assert len(cells) and np.allclose(cells["value"], [cka[ids.index(i), 2] for i in cells["id"]])
+
+
+def test_whole_layer_random_pools_and_sweep_colours_read_plainly(runs):
+    assert ad.random_pool("random:2oflayer:skip_layer") == "layer"
+    assert ad.random_pool("random:6ofattention+ssm") == "attention+ssm"
+    at = start(runs, "layer_sweep", picked=[runs / "study.zarr"])
+    colour = specs(at)[0]["layer"][0]["encoding"]["color"]["scale"]
+    low, high = colour["domain"]
+    assert low * high == pytest.approx(1.0) and colour["clamp"]  # x0.9 as pale as x1.11

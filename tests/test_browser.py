@@ -120,6 +120,17 @@ def test_every_page_in_a_browser(served):
     assert not errors, errors
 
 
+def _pick_store(page, name: str) -> None:
+    """The page's own "Store" selectbox (exact: the sidebar's "Stores" would match too)."""
+    box = page.get_by_role("combobox", name="Store", exact=True).first
+    box.wait_for(timeout=30_000)
+    box.click()
+    page.get_by_role("option").filter(has_text=name).first.click()
+    page.keyboard.press("Escape")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    _settled(page)
+
+
 def test_task_results_in_a_browser(served):
     """A study store with tasks: accuracy, paired accuracy drops and the per-item table on the
     Perplexity-and-tasks page, and accuracy drops on the Layer sweep."""
@@ -136,9 +147,7 @@ def test_task_results_in_a_browser(served):
         _settled(page)
         _switch(page, "multiselect", "Stores", "study")
         _settled(page)
-        page.get_by_role("combobox", name="Store").first.wait_for(timeout=30_000)
-        _switch(page, "selectbox", "Store", "study")
-        _settled(page)
+        _pick_store(page, "study")
         page.get_by_text("Accuracy drop against the baseline").first.wait_for(timeout=60_000)
         _settled(page)
         body = page.inner_text("body")
@@ -148,9 +157,7 @@ def test_task_results_in_a_browser(served):
         _screenshot(page, SHOTS / "perplexity_tasks.png")
         page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Layer sweep").first.click()
         _settled(page)
-        page.get_by_role("combobox", name="Store").first.wait_for(timeout=30_000)
-        _switch(page, "selectbox", "Store", "study")
-        _settled(page)
+        _pick_store(page, "study")
         _switch(page, "selectbox", "Value", "accuracy drop")
         _settled(page)
         page.get_by_role("combobox", name="Task").first.wait_for(timeout=60_000)

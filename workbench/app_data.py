@@ -406,8 +406,10 @@ def matched_groups(table: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def random_pool(group: str) -> str:
-    """'random:6ofattention+ssm' -> 'attention+ssm'."""
-    return group.split("of", 1)[1] if "of" in group else group
+    """'random:6ofattention+ssm' -> 'attention+ssm'; the mode a study appends to its whole-layer
+    draws ('random:2oflayer:skip_layer') is dropped: it is shown beside the pool anyway."""
+    pool = group.split("of", 1)[1] if "of" in group else group
+    return pool.split(":", 1)[0]
 
 
 OVERFLOW = 1e3  # ratios drawn at most this far from 1; larger ones sit at the edge, marked
