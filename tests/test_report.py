@@ -316,6 +316,7 @@ def test_complete_study_has_no_warning_and_states_every_finding(tmp_path):
         assert claim in text, claim
     assert "No diagnostics stored" in text and "### Progressive removal" not in text
     assert "### Random controls" in text and "| whole layers | 9 | 10 |" in text
+    assert "Transformer control (transformer), random whole layers of the same counts: 3 layers (like attention)" in text
 
 
 def test_why_section_reads_stored_diagnostics(tmp_path):

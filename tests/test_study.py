@@ -145,6 +145,9 @@ def test_report_is_written_with_figures(tiny_study, capsys):
                 "random-layers.png"):
         assert (tiny_study / "figures" / png).stat().st_size > 5000
     assert "| random:qwen3_5 | random:qwen2 |" in text  # resilience against the Transformer control
+    summary = json.loads((tiny_study / "summary.json").read_text())
+    assert summary["findings"] and summary["resilience"] and not summary["partial"]
+    assert "underpowered: 2 items" in text  # two items per task carry no claim
 
 
 def test_study_cli_dry_run_and_bad_input(tmp_path, capsys):

@@ -820,8 +820,9 @@ def write_report(folder: str | Path, log=None) -> Path:
     lines += _summary_table(results)
     lines += _findings_section(found)
     for model, r in results.items():
+        control = next(((m, c) for m, c in results.items() if c["transformer"] and m != model), None)
         lines += _model_section(model, r, stores[model], folder, figures, slug(model),
-                                [f for f in found if f.model == model])
+                                [f for f in found if f.model == model], control)
     lines += _resilience_section(stores, res_rows, figures)
     lines += _published_section()
     path = folder / "report.md"
@@ -861,7 +862,7 @@ def _place(g: dict, mode: str) -> str:
     return f"{short} {len(t)} (median x{_fmt(float(np.median(t)))}, x{_fmt(float(t.min()))}-x{_fmt(float(t.max()))})"
 
 
-def _model_section(model, r, ds, folder, figures, s, found) -> list[str]:
+def _model_section(model, r, ds, folder, figures, s, found, control=None) -> list[str]:
     lines = [f"## {model}", "", f"Baseline perplexity (pooled): {_fmt(r['baseline_ppl'])}; "
              f"uniform guessing: {r['vocab'] or 'unknown (vocabulary size not found)'}; {r['windows']} window(s) pooled.", ""]
     if r["power"]:
@@ -878,7 +879,7 @@ def _model_section(model, r, ds, folder, figures, s, found) -> list[str]:
         zero = "pending" if g["zero_pending"] else _ci(g["zero"]) + (" **beyond uniform guessing**" if g["zero_beyond"] else "")
         lines.append(f"| {MIXER_NAMES[g['role']]} ({g['zero_n']}) | {zero} | {_place(g, 'zero')} | "
                      f"{_skip_cell(g, r)} | {_place(g, 'skip_layer')} |")
-    lines += ["", f"![sweep](figures/{s}-sweep.png)", ""]
+    lines += [""] + _control_line(r, control) + [f"![sweep](figures/{s}-sweep.png)", ""]
     lines += _tasks_table(r)
     lines += ["### 3. Where in depth does it matter?", ""]
     done = {k: v for k, v in r["thirds"].items() if isinstance(v, dict)}
@@ -907,6 +908,20 @@ def _model_section(model, r, ds, folder, figures, s, found) -> list[str]:
     if found:
         lines += [f"### Verdicts for {model}", ""] + [f.line() for f in found] + [""]
     return lines
+
+
+def _control_line(r: dict, control) -> list[str]:
+    """The Transformer control's random whole-layer removals of this model's group sizes."""
+    if control is None or r["transformer"]:
+        return []
+    name, c = control
+    per = c["random"].get("skip_layer", {})
+    parts = [f"{g['skip_layer_n']} layers (like {MIXER_NAMES[g['role']]}): median x{_fmt(float(np.median(per[g['skip_layer_n']])))}"
+             f" over {len(per[g['skip_layer_n']])} sets" for g in r["groups"]
+             if g["skip_layer_id"] and not g["skip_layer_same_as"] and len(per.get(g["skip_layer_n"], []))]
+    if not parts:
+        return []
+    return [f"Transformer control ({name}), random whole layers of the same counts: " + "; ".join(parts) + ".", ""]
 
 
 def _tasks_table(r: dict) -> list[str]:
