@@ -23,6 +23,7 @@ from workbench import store
 from workbench.claims import Claims
 from workbench.corpora import Corpus
 from workbench.evaluate.multiple_choice import assemble, score_tasks, score_tasks_multi
+from workbench.evaluate.shared_context import Cached
 from workbench.evaluate.perplexity import (bits_per_byte, rolling_windows, safe_exp,
                                            score_windows, score_windows_multi)
 from workbench.estimate import duration
@@ -264,6 +265,7 @@ class ConditionForwards:
         comps = [iv.cmap.get(t.layer, t.role) for t in sorted(resampled, key=lambda t: (t.layer, t.role))]
         self.donors = DonorCache(iv, comps)
         self.fired_ok = True
+        self.shared_context = True  # tasks: each item's context run once, choices from its cache
 
     def means(self) -> dict:
         """Mean output of every component over the reference windows, computed once per run."""
@@ -358,6 +360,19 @@ class ConditionForwards:
     def tasks_multi(self, fast: SharedPrefix):
         return lambda ids, requests: fast.run(ids, [self.task_inputs(c, ids, requests) for c in fast.conditions])
 
+    def task_cached(self, conditions: list[Condition], fast: SharedPrefix | None = None) -> Cached | None:
+        """The runs of ``conditions`` taking a cache, to score each task context once (through
+        ``fast``, one lane per condition after the clean pass's, when given); None where that
+        would not equal per-choice scoring: resample donors are drawn per choice."""
+        if not self.shared_context or any(c.kind != "baseline" and c.mode == "resample" for c in conditions):
+            return None
+        if fast is not None:
+            return Cached(self.iv.model, lambda ids, keep, kws: fast.run(
+                ids, [self.task_inputs(c, ids, ()) for c in fast.conditions], keep, kws), lanes=1 + len(conditions))
+        (cond,) = conditions
+        return Cached(self.iv.model, lambda ids, keep, kws: [self._run(ids, cond, keep, forward_kwargs=kws[0],
+                                                                       **self.task_inputs(cond, ids, ()))])
+
 
 def _prepare_tasks(tasks, task_items):
     """Items, the empty per-item layout for the store, and what the resume check compares."""
@@ -425,7 +440,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
              log: Callable[[str], None] | None = None, context: int = 512, stride: int = 256,
              batch_size: int = 8, tasks: list | None = None, task_items: int | None = None,
              only: Collection[int] | None = None, prepared: dict | None = None, fast: bool = True,
-             max_rows: int | None = None, group_size: int = GROUP_SIZE):
+             max_rows: int | None = None, group_size: int = GROUP_SIZE, shared_context: bool = True,
+             check_only: bool = False):
     """Compute every pending condition of ``plan`` into the store at ``out``; returns the store.
 
     ``reference`` feeds mean and resample ablations (default: the first corpus itself, in which
@@ -439,6 +455,9 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     every check of this run on ``loaded`` (load-time model check, provenance, resume check, store
     verification), e.g. a cluster worker's later tasks; the model check and verification are skipped
     and the store is checked against it.
+
+    ``check_only``: run every check (inputs, model, an existing store's setup) and return None,
+    writing nothing (a study checks every model before it starts any).
 
     ``fast`` (default) computes up to ``group_size`` conditions together: one clean pass per
     batch, each condition resuming after the clean layers before its first edit, conditions
@@ -473,6 +492,9 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
         require_ok(model_check, loaded.spec)
         attrs = provenance(loaded, device=device, dtype=dtype, protocol=protocol, corpora=corpora,
                            donor_seed=donor_seed, model_check=model_check, tasks=task_key)
+    if check_only:
+        store.check_resume(out, plan, meta, attrs, task_template)
+        return None
     ds = store.create_or_resume(out, plan, meta, attrs, task_template)
     damaged = store.verify(ds) if prepared is None else {}
     if damaged:
@@ -494,6 +516,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
         todo = [base_idx] + [i for i in todo if i != base_idx]
 
     forwards = ConditionForwards(iv, reference, protocol, plan, reference_is_scored)
+    forwards.shared_context = shared_context
     total_tokens = sum(int(sum(m["window_tokens"])) for m in meta)
     scored = ds["window_tokens"].values > 0  # the windows store.verify checks
     rows = max_rows or auto_rows(loaded.model, protocol.context, protocol.stride + 1, protocol.batch_size, iv.device)
@@ -536,7 +559,8 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                     if tasks:
                         res = score_tasks_multi(forwards.tasks_multi(shared), len(conds), loaded.tokenizer, tasks,
                                                 task_items_list, batch_size=protocol.batch_size * 2,
-                                                device=iv.device, prefix=(prefix,) if prefix is not None else None)
+                                                device=iv.device, prefix=(prefix,) if prefix is not None else None,
+                                                cached=forwards.task_cached(conds, shared))
                         tasks_out = [_task_values(r) for r in res]
                     return [(nll[k], loss[k], tasks_out[k], shared.ok[k]) for k in range(len(group))]
                 out = []
@@ -557,7 +581,7 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
                         tasks_out[k] = _task_values(score_tasks(
                             forwards.task_forward(cond), loaded.tokenizer, tasks, task_items_list,
                             batch_size=protocol.batch_size * 2, device=iv.device,
-                            prefix=(prefix,) if prefix is not None else None))
+                            prefix=(prefix,) if prefix is not None else None, cached=forwards.task_cached([cond])))
                     out.append((nll[k], loss[k], tasks_out[k], forwards.fired_ok))
                 return out
 

@@ -10,7 +10,9 @@ character length; the two agree on ASCII). Ties go to the first choice, as with 
 
 Requests are sorted by length and right-padded: every model here is causal (attention, linear
 attention and SSM mixers alike), so padding after a sequence cannot change the logits before
-it and no attention mask is needed; ``forward`` can be any ablated run.
+it and no attention mask is needed; ``forward`` can be any ablated run. Given ``cached`` (runs
+that take a cache), each item's context is run once and its choices scored from its cache
+(``shared_context``), where that is exact; the rest per choice as above.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 import xarray as xr
 
 from ..tasks import METRICS, Item, Task
+from . import shared_context
+from .shared_context import Cached
 
 Forward = Callable[[torch.Tensor, list], torch.Tensor]  # (ids (B, L), requests) -> logits (B, L, V)
 Encode = Callable[[str], list[int]]
@@ -81,12 +85,28 @@ def score_requests(forward: Forward, requests: list[Request], batch_size: int = 
                                 max_length, device, progress)[0]
 
 
-@torch.no_grad()
 def score_requests_multi(forward, n: int, requests: list[Request], batch_size: int = 16, pad_id: int = 0,
                          max_length: int | None = None, device: torch.device | str = "cpu",
-                         progress: Callable[[int], None] | None = None) -> np.ndarray:
+                         progress: Callable[[int], None] | None = None, cached: Cached | None = None) -> np.ndarray:
     """``score_requests`` for ``n`` runs at once (``forward`` returns a list of ``n`` logits):
-    log-likelihoods (n, requests)."""
+    log-likelihoods (n, requests). With ``cached`` (the same runs taking a cache) each context is
+    run once and its choices scored from its cache, unless the model's cache cannot carry it
+    (``shared_context.refusal``) or ``max_length`` would truncate one of its choices."""
+    if cached is None or shared_context.refusal(cached.model) is not None:
+        return _per_choice(forward, n, requests, batch_size, pad_id, max_length, device, progress)
+    shared, rest = shared_context.split(requests, max_length)
+    out = np.full((n, len(requests)), np.nan)
+    out[:, shared] = shared_context.score_shared(cached, n, [requests[i] for i in shared], batch_size, pad_id,
+                                                 device, progress)
+    if rest:
+        out[:, rest] = _per_choice(forward, n, [requests[i] for i in rest], batch_size, pad_id, max_length,
+                                   device, progress)
+    return out
+
+
+@torch.no_grad()
+def _per_choice(forward, n: int, requests: list[Request], batch_size: int, pad_id: int, max_length: int | None,
+                device, progress) -> np.ndarray:
     out = np.full((n, len(requests)), np.nan)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].input_ids))
     for k in range(0, len(order), batch_size):
@@ -133,21 +153,23 @@ def metrics(loglik: np.ndarray, gold: np.ndarray, n_bytes: np.ndarray) -> xr.Dat
 
 def score_tasks(forward: Forward, tokenizer, tasks: list[Task], items: list[list[Item]] | None = None,
                 batch_size: int = 16, max_length: int | None = None, device: torch.device | str = "cpu",
-                prefix: tuple[int, ...] | None = None, progress: Callable[[int], None] | None = None) -> xr.Dataset:
+                prefix: tuple[int, ...] | None = None, progress: Callable[[int], None] | None = None,
+                cached: Cached | None = None) -> xr.Dataset:
     """Per-item results of every task as one Dataset with dims (task, item, choice, metric).
 
     Variables: ``loglik``, ``n_bytes`` per choice; ``gold``, ``item_id``, ``correct`` per item
     (padding: NaN, -1, ''); ``accuracy``, ``n_items``, ``chance`` per task. ``prefix`` defaults
     to the tokenizer's end-of-text id, the document boundary the minis were trained with.
+    ``cached``: the same run taking a cache (one lane), to score each context once.
     """
     return score_tasks_multi(lambda ids, reqs: [forward(ids, reqs)], 1, tokenizer, tasks, items, batch_size,
-                             max_length, device, prefix, progress)[0]
+                             max_length, device, prefix, progress, cached)[0]
 
 
 def score_tasks_multi(forward, n: int, tokenizer, tasks: list[Task], items: list[list[Item]] | None = None,
                       batch_size: int = 16, max_length: int | None = None, device: torch.device | str = "cpu",
                       prefix: tuple[int, ...] | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[xr.Dataset]:
+                      progress: Callable[[int], None] | None = None, cached: Cached | None = None) -> list[xr.Dataset]:
     """``score_tasks`` for ``n`` runs at once (``forward`` returns a list of ``n`` logits)."""
     items = items if items is not None else [t.items() for t in tasks]
     if prefix is None:
@@ -159,7 +181,7 @@ def score_tasks_multi(forward, n: int, tokenizer, tasks: list[Task], items: list
 
     requests = build_requests(tasks, items, encode, tuple(prefix))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ll = score_requests_multi(forward, n, requests, batch_size, pad_id, max_length, device, progress)
+    ll = score_requests_multi(forward, n, requests, batch_size, pad_id, max_length, device, progress, cached)
     return [assemble(tasks, items, requests, row) for row in ll]
 
 
@@ -228,3 +250,8 @@ def plain_forward(model: torch.nn.Module) -> Forward:
     def forward(ids, _requests):
         return model(input_ids=ids).logits
     return forward
+
+
+def plain_cached(model: torch.nn.Module) -> Cached:
+    """``plain_forward``'s model taking a cache, for scoring each context once."""
+    return Cached(model, lambda ids, keep, kwargs: [model(input_ids=ids, logits_to_keep=keep, **kwargs[0]).logits])
