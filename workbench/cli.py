@@ -427,8 +427,16 @@ def _mount_optional() -> None:
         pass
 
 
+def _mount_mediate() -> None:
+    from workbench.mediate_cli import mediate_cmd
+
+    app.command("mediate", help="Activation patching of a run store's ablated conditions: which later "
+                "components carry the damage (recovery) and pass it on (transfer).")(mediate_cmd)
+
+
 _mount_app()
 _mount_diagnose()
+_mount_mediate()
 _mount_optional()
 
 
