@@ -239,3 +239,33 @@ def test_run_study_and_diagnose_share_the_options(argv, capsys, monkeypatch, tmp
             cli.main()
         assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("address, message", [
+    ("tcp//h:8786", "is not a scheduler address"), ("tcp://h", "is not a scheduler address"),
+    ("tcp://h:abc", "is not a scheduler address"), ("http://h:8786", "unknown scheme 'http'"),
+    ("tcp://h:99999", "port 99999 is out of range"), ("tcp://a b:8786", "is not a scheduler address"),
+])
+def test_a_malformed_scheduler_address_is_refused_at_once(address, message):
+    with pytest.raises(typer.BadParameter, match=message):
+        target(address, None)
+
+
+def test_no_scheduler_or_no_workers_fails_fast_with_one_line(monkeypatch):
+    from distributed import LocalCluster
+
+    from workbench.cluster_options import ClusterError
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 2)
+    start = time.perf_counter()
+    with pytest.raises(ClusterError, match=r"cannot reach a Dask scheduler at tcp://127.0.0.1:9 within 2 s"):
+        with connect("tcp://127.0.0.1:9"):  # the discard port: nothing listens there
+            pass
+    assert time.perf_counter() - start < 20
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        start = time.perf_counter()
+        with pytest.raises(ClusterError, match=r"has no workers \(waited 2 s\); start some with `dask worker"):
+            with connect(empty.scheduler_address):
+                pass
+        assert time.perf_counter() - start < 20

@@ -552,3 +552,24 @@ def test_config_hash_ignores_where_the_model_was_read_from(tmp_path):
     assert config_hash(a.model) == config_hash(b.model)
     b.model.config.rms_norm_eps *= 2
     assert config_hash(a.model) != config_hash(b.model)
+
+
+# --- 15. a study folder is checked before its settings are written -----------------------------
+
+def test_a_study_folder_is_checked_before_study_json_is_written(tmp_path, corpus_file, capsys):
+    out = tmp_path / "s"
+    args = ["study", "--models", "random:qwen2", "--corpus", corpus_file, "--tasks", "none", "--seeds", "1",
+            "--grid", "1", "--context", "32", "--stride", "16", "--out", out]
+    code, _, err = invoke(args, capsys)
+    assert code == 0, err
+    settings, stores = (out / "study.json").read_bytes(), digest(out)
+    code, _, err = invoke(args + ["--max-tokens", "200"], capsys)  # other settings, same folder
+    assert code == 2 and "holds another study (max_tokens: folder None, this study 200)" in err
+    assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err
+    code, _, err = invoke(["study", "--models", "random:qwen3_5", *args[3:]], capsys)  # another model set
+    assert code == 2 and "models: folder ['random:qwen2'], this study ['random:qwen3_5']" in err
+    code, _, err = invoke(args + ["--max-tokens", "200", "--replace-settings"], capsys)
+    assert code == 2 and "different setup" in err  # the store refuses it, before study.json is written
+    assert (out / "study.json").read_bytes() == settings and digest(out) == stores
+    code, _, err = invoke(args + ["--no-fast", "--batch-size", "4"], capsys)  # speed settings: the same study
+    assert code == 0, err

@@ -227,3 +227,11 @@ def test_command_line(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "wb_toy" in out.stdout and "acc" in out.stdout
+
+
+def test_whitespace_only_context_without_prefix_is_a_clear_error(loaded):
+    plain = WorkbenchLM(model=loaded, max_length=16, prefix="none")
+    with pytest.raises(ValueError, match=r"context '   ' has no tokens .* use prefix=eot"):
+        plain.loglikelihood([ll(None, "   ", " cat")])
+    eot = WorkbenchLM(model=loaded, max_length=16)  # the default prefix gives it a token to start from
+    assert np.isfinite(eot.loglikelihood([ll(None, "   ", " cat")])[0][0])

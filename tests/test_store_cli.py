@@ -211,3 +211,78 @@ def test_same_edit_in_two_families_is_kept_and_computed_once(tmp_path, qwen2, co
     np.testing.assert_array_equal(ds["window_nll"].values[third], ds["window_nll"].values[sweep])
     assert float(ds["elapsed_s"].values[third]) == 0.0 < float(ds["elapsed_s"].values[sweep])
     assert (ds["kind"].values == "random_matched").sum() == 2  # each trial its own row
+
+
+# Bad arguments of every command: one line, exit 2, the good store byte-identical. Placeholders:
+# {file} a regular file, {dir} an empty folder, {garbled} a folder whose study.json is not JSON,
+# {jsondir} a folder whose study.json is a folder, {tasks} a folder with a toy lm-eval task.
+LM_EVAL = ["workbench-lm-eval", "--model", "workbench", "--tasks", "wb_toy", "--include_path", "{tasks}",
+           "--model_args"]
+BAD_ARGV = [
+    (LM_EVAL + ["model=no-such-model"], "unknown model 'no-such-model'"),
+    (LM_EVAL + ["model=random:qwen2,condition=zap:attention@1"], "unknown mode 'zap'"),
+    (LM_EVAL + ["model=random:qwen2,bogus=1"], "unknown WorkbenchLM argument(s) ['bogus']"),
+    (LM_EVAL + ["model=random:qwen2,prefix=bos"], "unknown prefix policy 'bos'; valid: eot, none"),
+    (LM_EVAL + ["model=random:qwen2,max_length=abc"], "max_length='abc' is invalid"),
+    (LM_EVAL + ["model=random:qwen2,batch_size=x"], "batch_size='x' is invalid"),
+    (LM_EVAL + ["model=random:qwen2,dtype=float8"], "unknown dtype 'float8'"),
+    (LM_EVAL + ["model=random:qwen2,device=tpu"], "unknown device 'tpu'"),
+    (LM_EVAL + ["model=random:qwen2,plan={dir}/nope.yaml,condition_id=x"], "nope.yaml' does not exist"),
+    (LM_EVAL + ["model=random:qwen2,condition=mean:attention@*"], "needs reference=CORPUS"),
+    (LM_EVAL + ["model=random:qwen2,condition=zero:attention@1,donor_seed=1"], "donor_seed applies to resample"),
+    (LM_EVAL[:4] + ["no_such_task"] + LM_EVAL[5:] + ["model=random:qwen2"], "Tasks not found: no_such_task"),
+    (["data", "tasks", "--data-dir", "{dir}/none"], "lacks the held-out sets encyclopedic.txt"),
+    (["data", "tasks", "--build-dir", "{file}", "--data-dir", "data"], "is a file, not a folder"),
+    (["data", "tasks", "--build-dir", "/proc/wb-build", "--data-dir", "data"], "not a folder this process can write"),
+    (["report", "{dir}/none"], "does not exist; give a study folder"),
+    (["report", "{file}"], "is a file; give a study folder"),
+    (["report", "{dir}"], "has no study.json"),
+    (["report", "{garbled}"], "is not a study settings file"),
+    (["report", "{jsondir}"], "cannot write the report in"),
+    (["run", *RUN, "--corpus", "{file}", "--out", "{file}/run.zarr"], "which is a file; give a path under a folder"),
+    (["run", *RUN, "--corpus", "{file}", "--out", "/proc/run.zarr"], "nothing can be created in /proc"),
+    (["run", *RUN, "--corpus", "{file}", "--out", "{file}"], "is a file; give a folder path"),
+    (["run", *RUN, "--corpus", "{file}", "--out", "{dir}/r.zarr", "--cluster", "tcp//h:8786"],
+     "is not a scheduler address"),
+    (["study", "--models", "random:qwen2", "--out", "{file}/s"], "which is a file; give a path under a folder"),
+]
+
+
+@pytest.fixture
+def bad_argv_paths(tmp_path):
+    from test_lm_eval_adapter import task_dir
+
+    (tmp_path / "file.txt").write_text(TEXT)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "study.json").write_text("{not json")
+    (tmp_path / "jsondir" / "study.json").mkdir(parents=True)
+    (tmp_path / "tasks").mkdir()
+    return {"file": tmp_path / "file.txt", "dir": tmp_path / "empty", "garbled": tmp_path / "garbled",
+            "jsondir": tmp_path / "jsondir", "tasks": task_dir(tmp_path / "tasks")}
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGV, ids=[" ".join(a[:2] + a[-2:]) for a, _ in BAD_ARGV])
+def test_bad_arguments_one_line_exit_2(argv, message, bad_argv_paths, made_store, capsys, monkeypatch):
+    before = digest(made_store)
+    argv = [a.format(**bad_argv_paths) for a in argv]
+    if argv[0] == "workbench-lm-eval":
+        from lm_eval.tasks import TaskManager
+
+        from workbench import lm_eval_adapter
+
+        class LocalTasks(TaskManager):  # the toy task only: indexing lm-eval's own takes ~10 s
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "include_defaults": False})
+
+        monkeypatch.setattr("lm_eval.tasks.TaskManager", LocalTasks)
+        monkeypatch.setattr("lm_eval.__main__.setup_logging", lambda *a, **k: None)  # a handler on capsys' stream
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_:
+            lm_eval_adapter.main()
+        code, err = exit_.value.code, capsys.readouterr().err
+    else:
+        code, _, err = invoke(argv, capsys)
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
+    assert digest(made_store) == before

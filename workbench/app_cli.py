@@ -75,12 +75,12 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
     folder = Path(runs).expanduser()
     if folder.exists() and not folder.is_dir():
         raise typer.BadParameter(f"--runs {runs} is a file; give the folder that holds the *.zarr stores")
+    if launch_token_file:
+        launch_token = read_token_file(launch_token_file)
     cluster = cluster.strip()
     scheduler_line = describe_scheduler(cluster) if cluster else ""
     typer.echo(f"Workbench app on http://{host}:{port}  (runs folder: {folder.resolve()})")
     cmd = streamlit_command(str(folder.resolve()), host, port, headless=not open_browser)
-    if launch_token_file:
-        launch_token = read_token_file(launch_token_file)
     if launch_token:
         os.environ["WORKBENCH_LAUNCH_TOKEN"] = launch_token  # the environment, not argv: `ps` shows argv
         typer.echo("Launching jobs is on for visitors who give the launch token.")

@@ -28,8 +28,14 @@ class Claims:
     def _open(self, index: int) -> int:
         # the folder goes once the store is complete; a late process recreates it (and then
         # finds every condition complete, so nothing is computed twice)
-        self.root.mkdir(exist_ok=True)
-        return os.open(self.root / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(exist_ok=True)
+            return os.open(self.root / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only or full folder: one line, not a traceback
+            from workbench.store import StoreError
+
+            raise StoreError(f"cannot claim conditions beside the store ({self.root}: {exc.strerror}); a run "
+                             "needs a folder it can write to, with free space") from None
 
     def _acquire(self, index: int, blocking: bool) -> bool:
         fd = self._open(index)

@@ -53,6 +53,8 @@ BATCHES_PER_WORKER = 4  # without the fast path: small enough to balance uneven 
 # slower here, more on a busy machine). Local clusters start without it; remote workers are
 # told about it.
 MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+CONNECT_TIMEOUT_S = 10  # to reach a scheduler (Dask's own default waits 30 s, then retries)
+WORKER_WAIT_S = 15  # for a scheduler's first worker (a worker joins a running scheduler in seconds)
 
 
 @dataclass(frozen=True)
@@ -264,11 +266,13 @@ def connect(address: str | None = None, n_workers: int | None = None, *, threads
         raise ValueError("give exactly one of a scheduler address (--cluster) or a number of local workers (--workers)")
     if address is not None:
         try:
-            client = Client(address, timeout="30s", set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach a Dask scheduler at {address} ({exc}); start one with "
-                               "`dask scheduler` (see docs/cluster.md) or check the address") from None
+            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            why = " ".join(str(exc).split())[:200]
+            raise ClusterError(f"cannot reach a Dask scheduler at {address} within {CONNECT_TIMEOUT_S} s ({why}); "
+                               "start one with `dask scheduler` (see docs/cluster.md) or check the address") from None
         with client:
+            _workers(client)  # a scheduler without workers fails now, not after the store is laid out
             yield client
         return
     with local_cluster(n_workers, threads_per_worker=threads_per_worker, device=device,
@@ -293,7 +297,12 @@ def _client(address, n_workers, client, threads_per_worker, device):
 def _workers(client: Client) -> dict:
     workers = client.scheduler_info()["workers"]
     if not workers:
-        client.wait_for_workers(1, timeout=120)
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers (waited "
+                               f"{WORKER_WAIT_S} s); start some with `dask worker {client.scheduler.address}` "
+                               "(see docs/cluster.md)") from None
         workers = client.scheduler_info()["workers"]
     return workers
 

@@ -7,6 +7,7 @@ Light on purpose (no torch, no dask): the CLI builds its commands from these at 
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +41,23 @@ THREADS_PER_WORKER = typer.Option(
     "divided among its workers)")
 
 
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # Dask's network protocols (tcp when none is given)
+_ADDRESS = re.compile(r"^(?:(?P<scheme>[A-Za-z]+)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})/?$")
+
+
+def check_address(address: str) -> None:
+    """A scheduler address as Dask reads it (``tcp://HOST:PORT``), refused here when malformed:
+    Dask itself raises from a background thread and then waits out its connect timeout."""
+    m = _ADDRESS.match(address)
+    valid = "give SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786 (schemes: " + ", ".join(SCHEMES) + ")"
+    if not m:
+        raise typer.BadParameter(f"{address!r} is not a scheduler address; {valid}", param_hint="--cluster")
+    if m["scheme"] and m["scheme"].lower() not in SCHEMES:
+        raise typer.BadParameter(f"{address!r}: unknown scheme {m['scheme']!r}; {valid}", param_hint="--cluster")
+    if not 1 <= int(m["port"]) <= 65535:
+        raise typer.BadParameter(f"{address!r}: port {m['port']} is out of range (1-65535)", param_hint="--cluster")
+
+
 def target(cluster: str | None, workers: int | None, threads_per_worker: int | None = None) -> Target | None:
     """The three options as a ``Target`` (None: run here, serially); a bad mix is a usage error."""
     if cluster is not None and workers is not None:
@@ -50,6 +68,8 @@ def target(cluster: str | None, workers: int | None, threads_per_worker: int | N
         raise typer.BadParameter("goes with --workers N or --cluster ADDRESS", param_hint="--threads-per-worker")
     if cluster is None and workers is None:
         return None
+    if cluster is not None:
+        check_address(cluster.strip())
     return Target(address=cluster.strip() if cluster else None, n_workers=workers,
                   threads_per_worker=threads_per_worker)
 

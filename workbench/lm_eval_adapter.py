@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import zlib
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from workbench.interventions import Intervener, donor_windows
+from workbench.interventions import Intervener, InterventionError, donor_windows
 from workbench.plans import (BASELINE, MODES, Condition, PlanError, Target, default_label, load_spec, resolve,
                              validate_condition)
 
@@ -117,6 +118,17 @@ def parse_condition(text: str, cmap) -> Condition:
     return cond
 
 
+def _whole(name: str, value, least: int) -> int:
+    """A count from model_args (lm-eval passes text or numbers), or one clear error."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or number < least:
+        raise ValueError(f"{name}={value!r} is invalid: give a whole number of at least {least}")
+    return number
+
+
 def condition_from_plan(path: str | Path, condition_id: str, cmap) -> Condition:
     """The condition of a plan file whose id, effect id or label is ``condition_id``."""
     plan = resolve(load_spec(path), cmap)
@@ -141,6 +153,15 @@ class WorkbenchLM(TemplateLM):
             raise ValueError(f"unknown WorkbenchLM argument(s) {sorted(unknown)}; valid: model, condition, plan, "
                              "condition_id, reference, reference_context, donor_seed, batch_size, max_length, "
                              "max_gen_toks, device, dtype, prefix, tokenizer")
+        if prefix not in ("eot", "none"):
+            raise ValueError(f"unknown prefix policy {prefix!r}; valid: eot, none")
+        # numbers first: a typo fails before the model loads
+        max_length = None if max_length is None else _whole("max_length", max_length, 2)
+        max_gen_toks = _whole("max_gen_toks", max_gen_toks, 1)
+        reference_context = _whole("reference_context", reference_context, 2)
+        donor_seed = None if donor_seed is None else _whole("donor_seed", donor_seed, 0)
+        auto = batch_size is None or str(batch_size).startswith("auto")
+        batch_size = 8 if auto else _whole("batch_size", batch_size, 1)
         from workbench.loading import LoadedModel, load_model
 
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
@@ -183,8 +204,6 @@ class WorkbenchLM(TemplateLM):
             condition = Condition(**{**fields, "donor_seed": int(donor_seed)})
         self.condition = condition
 
-        if prefix not in ("eot", "none"):
-            raise ValueError(f"unknown prefix policy {prefix!r}; valid: eot, none")
         tok = self.tokenizer
         eot = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
         if eot is None:
@@ -195,7 +214,7 @@ class WorkbenchLM(TemplateLM):
         config = self.model.config.get_text_config()
         self._max_length = int(max_length or getattr(config, "max_position_embeddings", None) or 2048)
         self._max_gen_toks = int(max_gen_toks)
-        self._batch_size = 8 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
+        self._batch_size = batch_size
         self._device = self.iv.device
 
         self._means = None
@@ -214,6 +233,17 @@ class WorkbenchLM(TemplateLM):
                                  f"reference has {self._reference.n_tokens}. Give a longer reference or a "
                                  "smaller max_length")
             self._donor_comps = self.iv.components(condition)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "WorkbenchLM":
+        """lm-eval's --device and --batch_size, unless --model_args names them too (then those
+        win; lm-eval's own merge passes both and fails with a TypeError)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "WorkbenchLM":
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     # -- lm-eval's model interface -----------------------------------------------------------
     @property
@@ -300,6 +330,12 @@ class WorkbenchLM(TemplateLM):
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         rows = []
         for cache_key, ctx, cont in requests:
+            if not ctx:  # lm-eval moves a context's trailing whitespace into the continuation
+                text = cache_key[0] if isinstance(cache_key, tuple) and cache_key else "?"
+                raise ValueError(f"context {text!r} has no tokens once its trailing whitespace goes to the "
+                                 "continuation, so nothing predicts the continuation's first token; use "
+                                 "prefix=eot (the default: every context starts with the end-of-text token) "
+                                 "or give a context with text")
             if len(cont) > self._max_length:
                 raise ValueError(f"a continuation of {len(cont)} tokens exceeds max_length={self._max_length}")
             rows.append((ctx + cont)[-(self._max_length + 1):][:-1])
@@ -373,7 +409,11 @@ def main() -> None:
     import workbench.lm_eval_adapter  # noqa: F401  (registers "workbench")
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (ValueError, InterventionError) as exc:  # bad model_args, conditions, models, tasks
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -220,22 +221,64 @@ def create_or_resume(path: str | Path, plan: "Plan", corpora, attrs: dict,
     path = Path(path)
     expected = template(plan, corpora, attrs, tasks)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale_layouts(path)
-        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        check_out(path, "the store")
         try:
-            expected.to_zarr(tmp, mode="w-", consolidated=True, encoding=_encoding(expected), **ZARR)
-            try:
-                os.rename(tmp, path)  # atomic: a store is either absent or fully laid out
-            except OSError:
-                if not path.is_dir():  # not a concurrent creator's store: a real failure
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            _lay_out(path, expected)
+        except OSError as exc:  # a file where a folder belongs, /proc, read-only, full disk
+            raise StoreError(f"cannot create the store {path}: {_os_reason(exc)}; give an --out in a folder "
+                             "you can write to, with free space") from None
     ds = _read(path)
     _check_matches(ds, expected, path)
     return ds
+
+
+def check_out(path: str | Path, what: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot become a folder: below a regular
+    file, or where nothing can be created (/proc, a read-only or full file system)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise StoreError(f"{what} {path} is a file; give a folder path (a new one, or the one to resume)")
+        return
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise StoreError(f"{what} {path} lies below {ancestor}, which is a file; give a path under a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".workbench-probe-", dir=ancestor))
+    except OSError as exc:
+        raise StoreError(f"{what} {path}: nothing can be created in {ancestor} ({exc.strerror}); give a path "
+                         "in a folder you can write to") from None
+
+
+def _lay_out(path: Path, expected: xr.Dataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_layouts(path)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        expected.to_zarr(tmp, mode="w-", consolidated=True, encoding=_encoding(expected), **ZARR)
+        try:
+            os.rename(tmp, path)  # atomic: a store is either absent or fully laid out
+        except OSError:
+            if not path.is_dir():  # not a concurrent creator's store: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _os_reason(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def check_resume(path: str | Path, plan: "Plan", corpora, attrs: dict, tasks: xr.Dataset | None = None) -> None:
+    """``create_or_resume``'s refusals without writing anything: a store at ``path`` must hold
+    this run's setup; a missing one must be creatable there."""
+    path = Path(path)
+    if not path.exists():
+        check_out(path, "the store")
+        return
+    _check_matches(_read(path), template(plan, corpora, attrs, tasks), path)
 
 
 def pending(ds: xr.Dataset) -> list[int]:
@@ -246,8 +289,13 @@ def pending(ds: xr.Dataset) -> list[int]:
 def _write_region(path, index: int, body: dict) -> None:
     # consolidated=False: region writes leave the metadata alone, so concurrent writers never
     # rewrite the shared .zmetadata file
-    xr.Dataset(body).to_zarr(path, region={"condition": slice(index, index + 1)}, mode="r+",
-                             consolidated=False, **ZARR)
+    try:
+        xr.Dataset(body).to_zarr(path, region={"condition": slice(index, index + 1)}, mode="r+",
+                                 consolidated=False, **ZARR)
+    except OSError as exc:  # full disk, read-only folder: the condition stays incomplete
+        raise StoreError(f"cannot write condition {index} into {path}: {_os_reason(exc)}; conditions "
+                         "written before it are kept: free space or fix permissions, then rerun the same "
+                         "command to resume") from None
 
 
 def write_condition(path: str | Path, index: int, values: dict[str, np.ndarray]) -> None:

@@ -19,8 +19,9 @@ held-out corpora, and (main store) on the multiple-choice tasks.
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from math import comb
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from workbench import plans
 from workbench.architectures import MIXER_ROLES, ComponentMap
 from workbench.plans import Condition, Plan, PlanSpec, Target
+from workbench.store import StoreError, check_out
 
 GRID = (1, 2, 4, 8, 16, 32)
 COMPRESSION_FAMILIES = {"mixers": "zero", "mlp": "zero", "layers": "skip_layer"}
@@ -57,6 +59,43 @@ class StudySettings:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+
+class StudyError(StoreError):
+    """A study folder that holds another study, or a study whose inputs cannot run."""
+
+
+SPEED_ONLY = ("fast", "max_rows", "batch_size")  # settings that change no number
+
+
+def check_folder(out_dir: Path, settings: StudySettings, replace: bool = False) -> None:
+    """Refuse a folder whose study.json holds another study (other models, corpora, protocol...),
+    unless ``replace``: its stores would be mixed with this study's, or the report would state
+    settings its stores were not made with."""
+    path = out_dir / "study.json"
+    if replace or not path.exists():
+        return
+    hint = "choose another --out, or pass --replace-settings to make this study the folder's"
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"{path} is not readable study settings ({exc}); {hint}") from None
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(StudySettings) if f.default is not MISSING or f.default_factory is not MISSING}
+    new = asdict(settings)
+    differ = [k for k in new if k not in SPEED_ONLY and old.get(k, defaults.get(k)) != new[k]]
+    if differ:
+        shown = "; ".join(f"{k}: folder {old.get(k, defaults.get(k))}, this study {new[k]}" for k in differ[:3])
+        raise StudyError(f"{out_dir} holds another study ({shown}); {hint}")
+
+
+def _write_settings(out_dir: Path, settings: StudySettings) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".study.json.{os.getpid()}.tmp"
+    tmp.write_text(settings.to_json())
+    os.replace(tmp, out_dir / "study.json")  # atomic: the old settings or the new, never half
 
 
 def study_roles(cmap: ComponentMap) -> list[str]:
@@ -162,11 +201,13 @@ def forward_tokens(corpora, protocol, task_tokens: int = 0) -> int:
 
 
 def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = False, log=print,
-              progress: bool = True, cluster=None) -> list[ModelPlan]:
+              progress: bool = True, cluster=None, replace: bool = False) -> list[ModelPlan]:
     """Run (or resume) the study into ``out_dir``; returns what ran per model.
 
-    ``cluster``: a ``workbench.cluster_options.Target``; each store's conditions then run on that
-    cluster, through one client for the whole study."""
+    Every model's inputs, plan and existing store are checked before anything is written;
+    ``study.json`` is written only then. A folder holding another study is refused unless
+    ``replace`` (``check_folder``). ``cluster``: a ``workbench.cluster_options.Target``; each
+    store's conditions then run on that cluster, through one client for the whole study."""
     from workbench.architectures import component_map
     from workbench.cluster_options import plan_runner
     from workbench.corpora import read_text
@@ -177,7 +218,12 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
     from workbench.runner import prepare_inputs
     from workbench.tasks import get_tasks
 
+    from workbench.runner import run_plan as check_plan
+
     out_dir = Path(out_dir)
+    if not dry_run:
+        check_out(out_dir)
+        check_folder(out_dir, settings, replace)
     texts = [read_text(c) for c in settings.corpora]
     tasks = get_tasks(settings.tasks) if settings.tasks != [] else []
     loaded_maps = {}
@@ -186,17 +232,33 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
         loaded_maps[model] = component_map(lm.model)
         del lm
     sizes = set().union(*(group_sizes(c) for c in loaded_maps.values()))
+
+    def prepare(model: str):
+        plan = study_plan(loaded_maps[model], sizes, settings.seeds, settings.grid)
+        lm = load_model(model, device=settings.device, dtype=settings.dtype)
+        try:
+            corpora, ref, protocol = prepare_inputs(
+                lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
+                context=settings.context, stride=settings.stride, batch_size=settings.batch_size,
+                scoring=settings.scoring, streams=settings.streams)
+        except ValueError as exc:  # e.g. --prefix-token bos on a model without one
+            raise StudyError(f"{model}: {exc}") from None
+        return plan, lm, corpora, ref, protocol
+
+    if not dry_run:  # every model checked before anything is written (study.json included)
+        for model in settings.models:
+            plan, lm, corpora, ref, protocol = prepare(model)
+            check_plan(lm, plan, corpora, out_dir / f"{slug(model)}.zarr", protocol=protocol, reference=ref,
+                       device=settings.device, dtype=settings.dtype, donor_seed=0, tasks=tasks,
+                       task_items=settings.task_items, progress=False, check_only=True)
+            del lm
+        _write_settings(out_dir, settings)
     task_tokens_cache = {}
     done, estimates = [], []
     with plan_runner(None if dry_run else cluster, settings.device) as run_plan:
         for model in settings.models:
             cmap = loaded_maps[model]
-            plan = study_plan(cmap, sizes, settings.seeds, settings.grid)
-            lm = load_model(model, device=settings.device, dtype=settings.dtype)
-            corpora, ref, protocol = prepare_inputs(
-                lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
-                context=settings.context, stride=settings.stride, batch_size=settings.batch_size,
-                scoring=settings.scoring, streams=settings.streams)
+            plan, lm, corpora, ref, protocol = prepare(model)
             if model not in task_tokens_cache:
                 task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
             per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
@@ -218,8 +280,6 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
                     + (f"prefix reuse runs {est.work / est.computed:.0%} of the naive loop's layers"
                        if settings.fast else "naive loop (--no-fast)"))
                 continue
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "study.json").write_text(settings.to_json())
             ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
                           dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
                           progress=progress, log=log, fast=settings.fast, max_rows=settings.max_rows)

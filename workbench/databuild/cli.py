@@ -1,5 +1,7 @@
 """`workbench data build`: the offline data builder from the command line."""
 
+import sys
+import tempfile
 from pathlib import Path
 
 import typer
@@ -9,6 +11,35 @@ from rich.table import Table
 app = typer.Typer(help="Build the embedded default data: training corpus, held-out sets, tokenizer.",
                   no_args_is_help=True)
 console = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr (rich would wrap it at the terminal's width), then exit."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _writable_dir(path: Path, option: str) -> None:
+    """``path`` is (now) a folder this process can write into (the build creates it anyway)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        why = "a file, not a folder" if path.is_file() else f"not a folder this process can write ({exc.strerror})"
+        _fail(f"{option} {path} is {why}; give a folder you can write to")
+
+
+def _check_tasks_dirs(build_dir: Path, data_dir: Path) -> None:
+    from .tasks import CORPORA
+
+    _writable_dir(build_dir, "--build-dir")
+    corpora = data_dir / "corpora"
+    missing = [f"{name}.txt" for name in CORPORA if not (corpora / f"{name}.txt").is_file()]
+    if missing:
+        _fail(f"--data-dir {data_dir}: {corpora} lacks the held-out sets {', '.join(missing)}; give the folder "
+              "that `workbench data build` wrote them into (default: data)")
+    _writable_dir(data_dir / "tasks", "--data-dir")
 
 
 @app.callback()
@@ -28,6 +59,8 @@ def build(
     from .build import build as run_build
     from .fetch import FetchError
 
+    _writable_dir(build_dir, "--build-dir")
+    _writable_dir(data_dir, "--data-dir")
     paths = BuildPaths(build_dir, data_dir)
     with console.status("building", spinner="dots") as status:
         def log(msg: str) -> None:
@@ -36,9 +69,9 @@ def build(
 
         try:
             manifest = run_build(paths, vocab_size=vocab_size, allow_download=not skip_download, log=log)
-        except (FetchError, RuntimeError) as e:  # download, checksum, extraction, `bible` program
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
+        except (FetchError, RuntimeError, OSError) as e:  # download, checksum, extraction, `bible`, disk
+            status.stop()
+            _fail(e, 1)
 
     table = Table(title=f"training corpus: {manifest['total_tokens']:,} tokens")
     for col in ("source", "documents", "MB", "tokens"):
@@ -67,13 +100,13 @@ def tasks(
     from .fetch import FetchError
     from .tasks import build_tasks_from_cache
 
+    _check_tasks_dirs(build_dir, data_dir)
     paths = BuildPaths(build_dir, data_dir)
     try:
         specs = build_tasks_from_cache(paths.cache, data_dir, paths.train, allow_download=not skip_download,
                                        log=console.log)
-    except (FetchError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    except (FetchError, RuntimeError, OSError) as e:  # download, checksum, extraction, disk
+        _fail(e, 1)
     table = Table(title=f"multiple-choice tasks in {data_dir / 'tasks'}")
     for col in ("task", "items", "chance", "source"):
         table.add_column(col)
