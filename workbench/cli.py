@@ -185,6 +185,10 @@ def run(
         raise UserError(f"corpus names repeat: {[t[0] for t in texts]}")
     ref_text = read_text(reference) if reference else None
     n_reference = reference_tokens or 16 * context
+    if not dry_run:
+        from workbench.store import check_out
+
+        check_out(out_path)  # below a file, /proc, read-only: refused before the model loads
     if device == "cpu" and cluster is None and workers is None:
         from workbench.threads import set_threads
 
@@ -258,6 +262,9 @@ def study(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print conditions and forward tokens per model, run nothing"),
+    replace_settings: bool = typer.Option(False, "--replace-settings", help="use a folder that holds another "
+                                          "study (its study.json is replaced; a store made with other settings "
+                                          "is still refused)"),
     fast: bool = FAST,
     max_rows: Optional[int] = MAX_ROWS,
     protocol_name: str = PROTOCOL,
@@ -312,7 +319,7 @@ def study(
         raise UserError("--models is empty")
     try:
         run_study(settings, out_dir, dry_run=dry_run, log=lambda m: err.print(m, markup=False, highlight=False),
-                  cluster=where)
+                  cluster=where, replace=replace_settings)
     except RunError as exc:
         raise UserError(str(exc)) from None
     if not dry_run:
@@ -325,10 +332,16 @@ def report(folder: Path = typer.Argument(..., help="a study folder (workbench st
     is still reported (exit status 0), with a warning line first here and at the top of the report."""
     from workbench.report import ReportError, write_report
 
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise UserError(f"{folder} {what}; give a study folder (workbench study --out FOLDER)")
     try:
         path = write_report(folder, log=lambda m: err.print(m, markup=False, highlight=False))
     except ReportError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:  # an unreadable study.json, a read-only folder, a full disk
+        raise UserError(f"cannot write the report in {folder}: {exc.strerror or exc} "
+                        f"({exc.filename or folder}); check the folder's permissions and free space") from None
     err.print(f"report: {path}", markup=False)
 
 
