@@ -464,6 +464,11 @@ def run_plan(loaded: LoadedModel, plan: Plan, corpora: list[Corpus], out: str | 
     stacked up to ``max_rows`` rows per forward (default: from the memory available; see
     ``auto_rows``). ``fast=False`` runs each condition alone from the embeddings (the naive
     loop, kept for checks and benchmarks); both give the same numbers up to float rounding.
+
+    ``shared_context`` (default) runs each task item's context once and scores its choices from
+    the model's cache (``evaluate/shared_context.py``; the fast path then runs one condition per
+    forward, unstacked); resample conditions (and a fast group holding one) and families whose
+    cache cannot be continued are scored per choice, as ``shared_context=False`` scores all.
     """
     out = Path(out)
     reference = reference or corpora[0]
