@@ -573,3 +573,83 @@ def test_a_study_folder_is_checked_before_study_json_is_written(tmp_path, corpus
     assert (out / "study.json").read_bytes() == settings and digest(out) == stores
     code, _, err = invoke(args + ["--no-fast", "--batch-size", "4"], capsys)  # speed settings: the same study
     assert code == 0, err
+
+
+# --- 16. a full disk or a read-only folder: one line, nothing reads as complete, resume works --
+# (simulated in-process with OSError(ENOSPC / EROFS) at the named moment: a real small tmpfs needs
+# mount rights, and root ignores read-only permissions)
+
+def _os_error(code):
+    return OSError(code, os.strerror(code))
+
+
+def test_disk_full_while_laying_out_leaves_no_store(tmp_path, corpus_file, capsys, monkeypatch):
+    import errno
+
+    import xarray as xr
+
+    real = xr.Dataset.to_zarr
+
+    def full(self, store=None, *args, mode=None, **kw):
+        if mode == "w-":  # the layout of a new store
+            raise _os_error(errno.ENOSPC)
+        return real(self, store, *args, mode=mode, **kw)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", full)
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", tmp_path / "f.zarr"], capsys)
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no store, no half-laid-out folder
+
+
+def test_disk_full_mid_run_keeps_what_was_written_and_resumes(tmp_path, store, corpus_file, capsys, monkeypatch):
+    import errno
+
+    import xarray as xr
+
+    real = xr.Dataset.to_zarr
+
+    def fill_up(self, store=None, *args, region=None, **kw):
+        if region and region["condition"].start == 1:  # the disk fills as the second condition is written
+            raise _os_error(errno.ENOSPC)
+        return real(self, store, *args, region=region, **kw)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", fill_up)
+    out = tmp_path / "d.zarr"
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", out], capsys)
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "cannot write condition 1" in errors[0] and "No space left on device" in errors[0]
+    assert list(open_store(out)["complete"].values) == [True, False, False, False]
+    monkeypatch.undo()
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", out], capsys)
+    assert code == 0 and "computed 3 condition(s)" in err
+    np.testing.assert_allclose(open_store(out)["window_nll"].values, open_store(store)["window_nll"].values,
+                               rtol=1e-6)
+
+
+def test_read_only_output_folder_is_one_line_and_the_store_untouched(tmp_path, store, corpus_file, capsys,
+                                                                       monkeypatch):
+    import errno
+    import shutil
+    import tempfile
+
+    from workbench import claims, store as store_mod
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    store_mod.mark_incomplete(copy, [3])  # something left to compute
+    before = digest(copy)
+
+    def read_only(*args, **kwargs):
+        raise _os_error(errno.EROFS)
+
+    monkeypatch.setattr(claims.os, "open", read_only)  # the claims beside the store cannot be written
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", copy], capsys)
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Read-only file system" in errors[0] and "Traceback" not in err
+    assert digest(copy) == before
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)  # a new store in that folder
+    code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", tmp_path / "new.zarr"], capsys)
+    assert code == 2 and "nothing can be created in" in err and "Read-only file system" in err
+    assert not (tmp_path / "new.zarr").exists()
