@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench import cli, mediate as M
-from workbench.architectures import random_model
+from workbench.architectures import family_for, random_model
 from workbench.evaluate.perplexity import rolling_windows
 from workbench.interventions import Intervener
 from workbench.plans import BASELINE, Condition, Target
@@ -185,3 +185,31 @@ def test_mediate_store_group_and_resume(tiny_store, capsys):
     assert M.open_mediation(tiny_store)["complete"].values.all()  # nothing lost
     code, _, err = _invoke(["mediate", tiny_store, "--conditions", "nope"], capsys)
     assert code == 2 and "unknown or unsupported condition id(s) nope; valid:" in err
+
+
+HEAD_FAMILIES = ["qwen2", "llama", "qwen3_5", "falcon_h1"]
+
+
+@pytest.mark.parametrize("family", HEAD_FAMILIES)
+def test_zeroing_every_head_equals_zeroing_the_component(family):
+    from workbench.mediate.heads import HeadEdits, heads_of
+
+    model = random_model(family)[0]
+    iv = Intervener(model)
+    ids = _ids(5, (1, 12))
+    clean = iv.run(ids, BASELINE).logits
+    roles = set()
+    for comp in iv.cmap.components:
+        heads = heads_of(model, comp)
+        if not heads:
+            continue
+        roles.add(comp.role)
+        zeroed = iv.run(ids, Condition(targets=(Target(layer=comp.layer, role=comp.role),), mode="zero")).logits
+        with HeadEdits(model, {h: None for h in heads}) as edits:  # inside an nnsight trace
+            every = iv.run(ids, BASELINE).logits
+        assert edits.fired == {comp.out_proj: 1}
+        assert torch.allclose(every, zeroed, atol=1e-5, rtol=0)
+        with HeadEdits(model, {heads[0]: None}):
+            one = iv.run(ids, BASELINE).logits
+        assert not torch.allclose(one, clean) and not torch.allclose(one, zeroed)
+    assert roles == set(family_for(model.config.model_type).heads)

@@ -70,6 +70,13 @@ class Family:
     components: Callable[["Family", torch.nn.Module], list[Component]] | None = None
     expected_counts: Callable[[object], dict[str, int]] | None = None  # from config, for tests
     readout: Readout = field(default_factory=Readout)  # final norm, unembedding, logit transform
+    # role -> config attribute giving the heads whose outputs are concatenated into the role's
+    # out_proj input (head h: columns h*d..(h+1)*d); roles left out have no per-head edits
+    heads: dict[str, str] = field(default_factory=dict)
+
+    def head_count(self, config, role: str) -> int | None:
+        attr = self.heads.get(role)
+        return None if attr is None else int(getattr(config.get_text_config(), attr))
 
     def find(self, model: torch.nn.Module) -> list[Component]:
         if self.components is not None:

@@ -30,6 +30,7 @@ FAMILY = Family(
               "feed_forward": ("mlp", "down_proj")},
     parallel_roles=("attention", "ssm"),
     expected_counts=expected_counts,
+    heads={"attention": "num_attention_heads", "ssm": "mamba_n_heads"},
     # The embedding output is multiplied inside the model's forward, the logits after lm_head.
     readout=Readout(final_norm="model.final_layernorm", embed_multiplier_attr="embedding_multiplier",
                     logit_multiplier_attr="lm_head_multiplier"),

@@ -18,4 +18,5 @@ FAMILY = Family(
     tiny_config=tiny_config,
     children=TRANSFORMER_CHILDREN,
     expected_counts=transformer_counts,
+    heads={"attention": "num_attention_heads"},
 )

@@ -27,4 +27,5 @@ FAMILY = Family(
     children={"self_attn": ("attention", "o_proj"), "linear_attn": ("linear_attention", "out_proj"),
               "mlp": ("mlp", "down_proj")},
     expected_counts=expected_counts,
+    heads={"attention": "num_attention_heads", "linear_attention": "linear_num_value_heads"},
 )
