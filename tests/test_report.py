@@ -210,6 +210,9 @@ def test_early_late_branches_and_the_transformer_control():
     assert "as strong, so this is a property of depth, not of the hybrid" in f.evidence
     f = verdict(found({"hybrid": h, "transformer": weak_t}), "hybrid", early)
     assert "weaker than here" in f.evidence
+    # no intervals (underpowered): the points decide "as strong" (the hybrid's gradient is the weaker one)
+    h6, t6 = rp.analyse(hybrid(thirds=(0.1, 0.1, 0.1), n_windows=6), None), rp.analyse(transformer(n_windows=6), None)
+    assert "as strong" in verdict(found({"hybrid": h6, "transformer": t6}), "hybrid", early).evidence
     h = rp.analyse(hybrid(thirds=(0.21, 0.2, 0.2), noise=0.3, n_windows=30), None)
     assert verdict(found({"hybrid": h}), "hybrid", early).verdict == rp.UNDECIDED
 
@@ -280,17 +283,20 @@ def _compression(done: int, planned: int = 8) -> xr.Dataset:
 def test_unfinished_study_is_reported_with_a_warning_and_marked_sections(tmp_path, capsys):
     h = hybrid()
     done = h["complete"].values.copy()
-    pending = np.isin(h.condition.values, ["t-attention-2", "s-lin"])
+    pending = np.isin(h.condition.values, ["t-attention-2", "s-lin"] + [f"r-skip_layer-3-{k}" for k in range(5)])
     h = h.assign(complete=("condition", done & ~pending))
     folder = tmp_path / "study"
     _write_study(folder, {"hybrid": h}, {"hybrid": _compression(6)})
     warnings = []
     text = rp.write_report(folder, log=warnings.append).read_text()
     assert text.startswith("> **WARNING: PARTIAL STUDY.**")
-    assert "missing-model: no store yet" in text and "hybrid: 57 of 59 conditions complete" in text
+    assert "missing-model: no store yet" in text and "hybrid: 52 of 59 conditions complete" in text
     assert "compression curve 6 of 8 steps measured" in text
     assert "| 6 | 8 |" in text  # measured 6, of 8
     assert "the thirds of attention" in text and "No role has three or more layers" not in text
+    assert "| whole layers | 3 | 5 of 10 (partial) |" in text
+    att_row = next(line for line in text.splitlines() if line.startswith("| attention (3) |"))
+    assert att_row.endswith("(partial) |")  # its whole-layer control is half measured
     assert warnings[0].startswith("WARNING: PARTIAL STUDY") and any("missing-model" in w for w in warnings)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["partial"] and summary["models"]["hybrid"]["thirds"]["attention"] == "pending"

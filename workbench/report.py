@@ -319,13 +319,16 @@ def _n_targets(ds: xr.Dataset, cid: str) -> int:
     return int(ds["n_targets"].sel(condition=cid))
 
 
+def _random_ids(ds: xr.Dataset, mode: str, size: int, complete: bool = True) -> list[str]:
+    same = ds["same_as_group"] if "same_as_group" in ds.coords else None
+    return [c for c in _sel(ds, complete, kind="random_matched", mode=mode) if _n_targets(ds, c) == size
+            and not (same is not None and bool(same.sel(condition=c)))]
+
+
 def random_spread(ds: xr.Dataset, p: Pooled, mode: str, size: int) -> np.ndarray:
     """Per-trial ratios of the random sets of ``size`` under ``mode`` (draws equal to a targeted
     group left out: they are that group, not a control for it)."""
-    same = ds["same_as_group"] if "same_as_group" in ds.coords else None
-    ids = [c for c in _sel(ds, kind="random_matched", mode=mode) if _n_targets(ds, c) == size
-           and not (same is not None and bool(same.sel(condition=c)))]
-    return np.array([point_ratio(p, c) for c in ids])
+    return np.array([point_ratio(p, c) for c in _random_ids(ds, mode, size)])
 
 
 def against_random(value: float, trials: np.ndarray) -> tuple[str, str]:
@@ -365,6 +368,10 @@ def _group_row(ds, p, role, base_ppl, vocab, edits, seen) -> dict:
         trials = random_spread(ds, p, mode, row[f"{mode}_n"]) if cid else np.array([])
         row[f"{mode}_random"] = trials
         row[f"{mode}_place"], row[f"{mode}_against"] = against_random(row[mode][0], trials)
+        planned = len(_random_ids(ds, mode, row[f"{mode}_n"], complete=False)) if cid else 0
+        if planned > len(trials):  # an unfinished control: say how much of it there is
+            row[f"{mode}_place"] = "pending" if not len(trials) else row[f"{mode}_place"]
+            row[f"{mode}_against"] += f" (partial: {len(trials)} of {planned} random sets measured)"
     return row
 
 
@@ -446,7 +453,7 @@ def analyse(ds: xr.Dataset, comp: xr.Dataset | None) -> dict:
     out = {"model": ds.attrs["model"], "baseline_ppl": math.exp(base_loss), "groups": [], "thirds": {},
            "tasks": {}, "compression": {}, "transformer": is_transformer(ds), "vocab": vocab,
            "windows": len(p.tokens), "power": ppl_power(p), "n_layers": int(ds.attrs.get("n_layers", 0)),
-           "progressive": {}, "random": {}, "pairs": {}}
+           "progressive": {}, "random": {}, "random_planned": {}, "pairs": {}}
     edits, seen = edit_ids(ds), {}
     out["groups"] = [_group_row(ds, p, role, out["baseline_ppl"], vocab, edits, seen) for role in model_roles(ds)]
     mixers = {g["role"]: g for g in out["groups"] if g["role"] != "mlp"}
@@ -469,9 +476,10 @@ def analyse(ds: xr.Dataset, comp: xr.Dataset | None) -> dict:
         if prog:
             out["progressive"][role] = prog
     for mode in ("zero", "skip_layer"):
-        sizes = sorted({_n_targets(ds, c) for c in _sel(ds, kind="random_matched", mode=mode)})
+        sizes = sorted({_n_targets(ds, c) for c in _sel(ds, False, kind="random_matched", mode=mode)})
         if sizes:
             out["random"][mode] = {s: random_spread(ds, p, mode, s) for s in sizes}
+            out["random_planned"][mode] = {s: len(_random_ids(ds, mode, s, complete=False)) for s in sizes}
     if "correct" in ds:
         out["tasks"] = _tasks(ds, out["groups"])
     if comp is not None:
@@ -605,7 +613,9 @@ def _early_late(model: str, r: dict, role: str, t, control: dict | None) -> Find
              if _excess_defined(t) else "; the late third has no clear effect"))
     if control:
         c_ratio = _ppl_early_late(control["t"])
-        same = not math.isnan(c_ratio[2]) and c_ratio[2] >= (ratio[0] if math.isnan(ratio[1]) else ratio[1])
+        # as strong unless the hybrid's interval lies above the control's (points where there is none)
+        c_high = c_ratio[0] if math.isnan(c_ratio[2]) else c_ratio[2]
+        same = c_high >= (ratio[0] if math.isnan(ratio[1]) else ratio[1])
         ev += (f"; the Transformer control ({control['model']}, attention) gives x{_ci(c_ratio)}: "
                + ("as strong, so this is a property of depth, not of the hybrid" if same
                   else "weaker than here"))
@@ -856,10 +866,11 @@ def _place(g: dict, mode: str) -> str:
         return ""
     t = g[f"{mode}_random"]
     short = {"above": "above all", "below": "below all", "inside": "inside", "few": "too few to compare:",
-             "none": "no control"}.get(g[f"{mode}_place"], "")
+             "none": "no control", "pending": "pending"}.get(g[f"{mode}_place"], "")
+    partial = " (partial)" if "partial:" in g[f"{mode}_against"] else ""
     if not len(t):
-        return short
-    return f"{short} {len(t)} (median x{_fmt(float(np.median(t)))}, x{_fmt(float(t.min()))}-x{_fmt(float(t.max()))})"
+        return short + partial
+    return f"{short} {len(t)} (median x{_fmt(float(np.median(t)))}, x{_fmt(float(t.min()))}-x{_fmt(float(t.max()))}){partial}"
 
 
 def _model_section(model, r, ds, folder, figures, s, found, control=None) -> list[str]:
@@ -969,7 +980,9 @@ def _random_section(r: dict) -> list[str]:
             med = _fmt(float(np.median(v))) if len(v) else "n/a"
             rng = f"{_fmt(float(v.min()))}-{_fmt(float(v.max()))}" if len(v) else "n/a"
             beyond = (r["vocab"] and len(v) and int((v * r["baseline_ppl"] > r["vocab"]).sum())) or 0
-            lines.append(f"| {'components' if mode == 'zero' else 'whole layers'} | {size} | {len(v)} | x{med} | "
+            planned = r["random_planned"][mode][size]
+            sets = f"{len(v)}" + (f" of {planned} (partial)" if planned > len(v) else "")
+            lines.append(f"| {'components' if mode == 'zero' else 'whole layers'} | {size} | {sets} | x{med} | "
                          f"x{rng}{f' ({beyond} beyond uniform guessing)' if beyond else ''} | "
                          f"{'; '.join(groups) or '-'} |")
     return lines + [""]
