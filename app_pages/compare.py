@@ -88,7 +88,7 @@ def models() -> None:
         a, b = stores[0], stores[1]
         if a in wide and b in wide:
             wide[f"{b} / {a}"] = wide[b] / wide[a]
-        charts.show(chart.properties(height=alt.Step(16)), f"compare {' vs '.join(stores)}", wide)
+        charts.show(chart.properties(height=alt.Step(16)), f"compare {' vs '.join(stores)} {corpus}", wide)
         st.dataframe(wide, hide_index=True,
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in wide if c != "key"})
         st.caption(" ".join(x for x in (
@@ -127,7 +127,7 @@ def models() -> None:
                      **enc, shape=alt.Shape("store:N", legend=None),
                      tooltip=["store", "label", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio")])
                  + charts.unit_rule("y"))
-        charts.show(chart.properties(height=340), "compare sweeps",
+        charts.show(chart.properties(height=340), f"compare sweeps {' vs '.join(stores)} {corpus}",
                     sw[["store", "label", "series", "depth", "true_ratio"]].rename(columns={"true_ratio": "ratio"}))
         if ad.overflow_caption(sw):
             st.caption(ad.overflow_caption(sw).replace("drawn at the axis edge", "drawn at the top"))
@@ -189,7 +189,7 @@ def conditions() -> None:
              + alt.Chart(clipped).mark_text(align="right", dx=-8, fontSize=10).encode(
                  x="ratio:Q", y="corpus:N", text="overflow_text:N")
              + charts.unit_rule("x")).properties(title="difference: B / A")
-    charts.show(alt.hconcat(left, right), "compare conditions", diff)
+    charts.show(alt.hconcat(left, right), f"compare conditions {sel.short(path)}", diff)
     st.markdown(f"**A**: {labels[a]} · **B**: {labels[b]}")
     st.dataframe(diff, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
                                                        for c in diff if c != "corpus"})

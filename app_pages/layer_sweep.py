@@ -3,6 +3,8 @@ click a cell for that condition's details."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -107,7 +109,7 @@ chart = (base.mark_rect(stroke="white", strokeWidth=1).encode(
              opacity=alt.condition(pick, alt.value(1.0), alt.value(0.35)))
          + base.mark_text(fontSize=10).encode(text="text:N", color=alt.value("black"))).add_params(pick)
 cols = ["label", "roles", "mode", "layer", "value", "low", "high", "qc", "id"]
-event = charts.show(chart.properties(height=alt.Step(40), width=alt.Step(64)), f"layer sweep {metric}", cells[cols],
+event = charts.show(chart.properties(height=alt.Step(40), width=alt.Step(64)), f"{Path(path).stem} layer sweep {metric}", cells[cols],
                     on_select="rerun", selection_mode="cell", key="sweep_heatmap")
 
 clicked = [p.get("id") for p in (event.selection.get("cell") or [])] if event else []

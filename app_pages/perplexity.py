@@ -4,6 +4,8 @@ per-item results when the store has them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -75,7 +77,7 @@ else:
                                       title=title))
         chart = alt.hconcat(*panels).resolve_scale(color="shared")
         cols = ["corpus", "label", "mode", "group_role", "layers", "true_ratio", "low", "high", "perplexity", "qc"]
-        charts.show(chart, "group ablations", groups[cols].rename(columns={"true_ratio": "ratio"}))
+        charts.show(chart, f"{Path(path).stem} group ablations", groups[cols].rename(columns={"true_ratio": "ratio"}))
         notes = " ".join(x for x in (ad.overflow_caption(groups), ad.interval_caption(groups)) if x)
         if notes:
             st.caption(notes)
@@ -117,7 +119,7 @@ chart = (base.mark_bar().encode(x=alt.X("accuracy:Q", title=f"accuracy ({metric}
                                           axis=alt.Axis(tickCount=5, format=".1f")),
                                 color=alt.Color("task:N", legend=alt.Legend(**charts.LEGEND)), tooltip=tip)
          + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q"))
-charts.show(chart, f"task accuracy {metric}", shown)
+charts.show(chart, f"{Path(path).stem} task accuracy {metric}", shown)
 st.caption(f"`{metric}` per task for the baseline and each group ablation; error bars: bootstrap 95% intervals "
            "over items.")
 
@@ -133,7 +135,7 @@ if len(drops):
                  color=alt.Color("task:N", legend=alt.Legend(**charts.LEGEND)), tooltip=tip)
              + base.mark_rule().encode(x="drop_low:Q", x2="drop_high:Q", color="task:N")
              + alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(x=alt.datum(0)))
-    charts.show(chart, f"accuracy drops {metric}", drops)
+    charts.show(chart, f"{Path(path).stem} accuracy drops {metric}", drops)
     st.caption("Error bars: paired bootstrap 95% intervals over items (the same items for the baseline and the "
                "ablation), as in the report. An interval that covers 0 is no evidence of a drop.")
 

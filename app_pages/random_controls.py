@@ -101,7 +101,7 @@ if len(marks):
                                   legend=alt.Legend(**charts.LEGEND)),
         tooltip=["group", alt.Tooltip("true_ratio:Q", format=".4~g", title="ratio"), "trials below"]))
 chart = alt.layer(*layers).resolve_scale(color="independent", shape="independent")
-charts.show(chart.properties(height=alt.Step(64)), "random controls", pts)
+charts.show(chart.properties(height=alt.Step(64)), f"random controls {corpus}", pts)
 st.caption("Dots: one random draw each; shaded box: quartiles; thin line: range; black tick: median; "
            "diamonds: the role groups of the same size, coloured by role. "
            + ad.overflow_caption(pd.concat([pts_shown, marks_shown]) if len(marks_shown) else pts_shown))

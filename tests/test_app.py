@@ -592,3 +592,14 @@ def test_whole_layer_random_pools_and_sweep_colours_read_plainly(runs):
     colour = specs(at)[0]["layer"][0]["encoding"]["color"]["scale"]
     low, high = colour["domain"]
     assert low * high == pytest.approx(1.0) and colour["clamp"]  # x0.9 as pale as x1.11
+
+
+def test_downloaded_figures_carry_a_title():
+    import altair as alt
+
+    from workbench.app import charts
+
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
+    assert b"Qwen3 group ablations" in charts.figure_bytes(chart, "html", "Qwen3 group ablations")
+    assert b"Kept" in charts.figure_bytes(chart.properties(title="Kept"), "html", "Other")
+    assert b"Other" not in charts.figure_bytes(chart.properties(title="Kept"), "html", "Other")

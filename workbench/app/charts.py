@@ -39,10 +39,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
-def figure_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
-    """The chart as PNG or SVG (vl-convert), or as a standalone HTML page (Altair's own)."""
+def figure_bytes(chart: alt.TopLevelMixin, fmt: str, title: str | None = None) -> bytes:
+    """The chart as PNG or SVG (vl-convert), or as a standalone HTML page (Altair's own);
+    ``title`` goes on a chart without one (on the page the heading above it says what it is, a
+    downloaded file has nothing else)."""
     if fmt not in ("png", "svg", "html"):
         raise ValueError(f"unknown figure format {fmt!r}; valid: png, svg, html")
+    if title and chart.to_dict().get("title") is None:
+        chart = chart.properties(title=alt.TitleParams(title, anchor="start"))
     if fmt == "html":
         return chart.to_html().encode()
     import vl_convert as vlc
@@ -60,10 +64,11 @@ def show(chart: alt.TopLevelMixin, name: str, table: pd.DataFrame | None = None,
 
     out = st.altair_chart(chart, width="stretch", **kwargs)
     base = slug(name)
+    title = name[:1].upper() + name[1:]
     formats = ("png", "svg") if HAS_VL_CONVERT else ("html",)
     cols = st.columns(len(formats) + (table is not None) + 4)
     for col, fmt in zip(cols, formats):
-        col.download_button(fmt.upper(), data=lambda fmt=fmt: figure_bytes(chart, fmt), file_name=f"{base}.{fmt}",
+        col.download_button(fmt.upper(), data=lambda fmt=fmt: figure_bytes(chart, fmt, title), file_name=f"{base}.{fmt}",
                             mime={"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}[fmt],
                             on_click="ignore", key=f"dl:{base}:{fmt}", icon=":material/download:")
     if table is not None:
