@@ -339,3 +339,4 @@ def test_why_section_reads_stored_diagnostics(tmp_path):
     why = text.split("### Why")[1].split("###")[0]
     assert "At the last layer (11)" in why and "| linear attention (GDN) zero | x" in why and "0.200" in why
     assert "also changes the last layer's representation most" in why
+    assert "| 0.900 | 0.900 | never |" in why and "| 0.200 | 0.200 | layer -1 |" in why

@@ -869,7 +869,7 @@ def _place(g: dict, mode: str) -> str:
              "none": "no control", "pending": "pending"}.get(g[f"{mode}_place"], "")
     partial = " (partial)" if "partial:" in g[f"{mode}_against"] else ""
     if not len(t):
-        return short + partial
+        return short
     return f"{short} {len(t)} (median x{_fmt(float(np.median(t)))}, x{_fmt(float(t.min()))}-x{_fmt(float(t.max()))}){partial}"
 
 
@@ -1048,8 +1048,8 @@ def _why_section(store_path: Path, ds: xr.Dataset, r: dict) -> list[str]:
     names = {"cka_linear": "CKA to clean", "cos_to_clean": "cosine to clean", "norm_ratio": "norm ratio",
              "lens_kl_last_token": "lens KL (last token)"}
     lines += [f"At the last layer ({int(last)}), on diagnose's sample of tokens:", "",
-              "| group | perplexity ratio | " + " | ".join(names[v] for v in have) + " |",
-              "|---|---:|" + "---:|" * len(have)]
+              "| group | perplexity ratio | " + " | ".join(names[v] for v in have) + " | CKA first below 0.9 |",
+              "|---|---:|" + "---:|" * len(have) + "---:|"]
     conds = [str(c) for c in diag["condition"].values]
     rows = []
     for g in r["groups"]:
@@ -1057,12 +1057,16 @@ def _why_section(store_path: Path, ds: xr.Dataset, r: dict) -> list[str]:
             cid = g[f"{mode}_id"]
             if cid is None or cid not in conds or g[f"{mode}_same_as"]:
                 continue
-            if "complete" in diag and not bool(diag["complete"].sel(condition=cid)):
+            if "complete" in diag and "condition" in diag["complete"].dims and not bool(diag["complete"].sel(condition=cid)):
                 continue
             vals = [float(diag[v].sel(condition=cid, layer=last)) for v in have]
             rows.append((g[mode][0], f"{MIXER_NAMES[g['role']]} {mode}", vals))
+            drop = "n/a"
+            if "cka_linear" in diag:
+                below = np.flatnonzero(diag["cka_linear"].sel(condition=cid).values < 0.9)
+                drop = f"layer {int(diag['layer'].values[below[0]])}" if below.size else "never"
             lines.append(f"| {MIXER_NAMES[g['role']]} {mode} | x{_fmt(g[mode][0])} | "
-                         + " | ".join(f"{v:.3f}" for v in vals) + " |")
+                         + " | ".join(f"{v:.3f}" for v in vals) + f" | {drop} |")
     if "cka_linear" in have and len(rows) > 1:
         k = have.index("cka_linear")
         by_ppl = [n for _, n, _ in sorted(rows, key=lambda x: -x[0])]
