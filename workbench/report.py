@@ -1100,8 +1100,9 @@ def _findings_section(found: list[Finding]) -> list[str]:
     if not found:
         return lines + ["No hybrid in the study: the published findings are about hybrids.", ""]
     counts = {v: sum(f.verdict == v for f in found) for v in (HOLDS, NOT, UNDECIDED, UNDERPOWERED, CANNOT, PENDING)}
-    lines += ["; ".join(f"{v}: {n}" for v, n in counts.items() if n) + ".", ""]
-    return lines + [f.line() for f in found] + [""]
+    lines += ["; ".join(f"{v}: {n}" for v, n in counts.items() if n) + " (the numbers behind each verdict: "
+              "the model's section, and section 4 for resilience).", "", "| finding | model | verdict |", "|---|---|---|"]
+    return lines + [f"| {f.claim} | {f.model} | **{f.verdict}** |" for f in found] + [""]
 
 
 def _resilience_section(stores: dict, rows: list[dict], figures: Path) -> list[str]:
@@ -1119,8 +1120,8 @@ def _resilience_section(stores: dict, rows: list[dict], figures: Path) -> list[s
               f"{PUBLISHED_RESILIENCE[0]:g}-{PUBLISHED_RESILIENCE[1]:g}x.", "",
               "| hybrid | Transformer | layers removed | trials | from medians | from means | verdict |",
               "|---|---|---:|---:|---:|---:|---|"]
-    for row in rows:
-        f = _resilience_finding(row)
+    found = [_resilience_finding(row) for row in rows]
+    for row, f in zip(rows, found):
         if "error" in row:
             lines.append(f"| {row['hybrid']} | {row['transformer']} | {row['size']} | | {row['error']} | | |")
             continue
@@ -1129,9 +1130,8 @@ def _resilience_section(stores: dict, rows: list[dict], figures: Path) -> list[s
         if row.get("power"):
             med, mean = (med[0], math.nan, math.nan), (mean[0], math.nan, math.nan)
         lines.append(f"| {row['hybrid']} | {row['transformer']} | {row['size']} | {row['n_hybrid']}/{row['n_transformer']} "
-                     f"| {_ci(med)} | {_ci(mean)} | {f.verdict}{' (' + row['power'] + ')' if row.get('power') else ''}"
-                     f"{'; ' + row['beyond'] if row.get('beyond') else ''} |")
-    return lines + [""]
+                     f"| {_ci(med)} | {_ci(mean)} | {f.verdict} |")
+    return lines + [""] + [f.line() for f in found] + [""]
 
 
 def _published_section() -> list[str]:
