@@ -340,3 +340,22 @@ def test_why_section_reads_stored_diagnostics(tmp_path):
     assert "At the last layer (11)" in why and "| linear attention (GDN) zero | x" in why and "0.200" in why
     assert "also changes the last layer's representation most" in why
     assert "| 0.900 | 0.900 | never |" in why and "| 0.200 | 0.200 | layer -1 |" in why
+
+
+@pytest.mark.parametrize("settings, store, expected", [
+    ("not json", None, "is not a study settings file"),
+    (json.dumps({"corpora": ["wiki"]}), None, "is not a study settings file"),
+    (json.dumps({"models": ["m"], "corpora": ["wiki"]}), "junk", "not a workbench run store"),
+    (json.dumps({"models": ["m"], "corpora": ["wiki"]}), None, "no study stores"),
+])
+def test_bad_study_folder_is_one_line_and_exit_2(tmp_path, capsys, settings, store, expected):
+    from test_store_cli import invoke
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "study.json").write_text(settings)
+    if store:
+        xr.Dataset({"x": ("a", [1.0])}).to_zarr(folder / "m.zarr", zarr_format=2)
+    code, _, err = invoke(["report", str(folder)], capsys)
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 2  # one message (rich may wrap it)
