@@ -147,7 +147,7 @@ def test_backbone_verdict_branches(lin, att, noise, n_windows, expected):
     f = verdict(found({"hybrid": r}), "hybrid", BACKBONE)
     assert f.verdict == expected, f.evidence
     if expected == rp.UNDERPOWERED:
-        assert "6 windows pooled" in f.evidence and "no interval" in f.evidence
+        assert "6 windows pooled" in f.evidence and "no interval" in f.evidence and "[" not in f.evidence
 
 
 def test_underpowered_store_prints_no_intervals_and_no_verdicts():
@@ -272,8 +272,8 @@ def _write_study(folder, stores: dict, comps: dict | None = None):
         ds.assign_attrs(format=FORMAT).to_zarr(folder / f"{name}.compression.zarr", zarr_format=2)
 
 
-def _compression(done: int, planned: int = 8) -> xr.Dataset:
-    b = Builder("hybrid", 80, 0.01, 3)
+def _compression(done: int, planned: int = 8, n_windows: int = 80) -> xr.Dataset:
+    b = Builder("hybrid", n_windows, 0.01, 3)
     for k in range(planned):
         b.add(f"c{k}", "compression", "compression:mixers:importance", "zero", "attention", range(k + 1),
               0.01 * (k + 1), complete=k < done)
@@ -359,3 +359,20 @@ def test_bad_study_folder_is_one_line_and_exit_2(tmp_path, capsys, settings, sto
     code, _, err = invoke(["report", str(folder)], capsys)
     assert code == 2 and expected in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) <= 2  # one message (rich may wrap it)
+
+
+def test_demo_sized_study_prints_no_interval_and_no_verdict(tmp_path):
+    """`make demo`'s size (6 windows pooled, 6 items per task): nothing in the report reads as evidence."""
+    import re
+
+    tasks = {"arc": (6, 0.25, 0.67, {"g-att": 0.17})}
+    folder = tmp_path / "study"
+    _write_study(folder, {"hybrid": hybrid(n_windows=6, tasks=tasks), "transformer": transformer(n_windows=6)},
+                 {"hybrid": _compression(8, n_windows=6), "transformer": _compression(8, n_windows=6)})
+    json_path = folder / "study.json"
+    json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "models": ["hybrid", "transformer"]}))
+    text = rp.write_report(folder).read_text()
+    assert text.startswith("> **UNDERPOWERED: these numbers are not evidence.**")
+    assert not re.findall(r"\[-?\d[\d.,e+]*, -?\d", text), re.findall(r".{60}\[-?\d[\d.,e+]*, -?\d.{20}", text)
+    verdicts = {f["verdict"] for f in json.loads((folder / "summary.json").read_text())["findings"]}
+    assert verdicts <= {rp.UNDERPOWERED, rp.CANNOT}

@@ -378,7 +378,10 @@ def _group_row(ds, p, role, base_ppl, vocab, edits, seen) -> dict:
 def _pair(p: Pooled, a: str, b: str) -> dict:
     """log(ppl with ``a`` removed / ppl with ``b`` removed), paired block-bootstrap interval."""
     g = stats.positional_gradient(p.row(a), p.row(b), p.row("baseline"), p.tokens, block=block_for(p), n_boot=N_BOOT)
-    return {k: g[k] for k in ("log_difference", "log_difference_low", "log_difference_high")}
+    out = {k: g[k] for k in ("log_difference", "log_difference_low", "log_difference_high")}
+    if ppl_power(p):  # no interval where the windows cannot support one
+        out["log_difference_low"] = out["log_difference_high"] = math.nan
+    return out
 
 
 def _tasks(ds: xr.Dataset, groups: list[dict]) -> dict:
