@@ -141,8 +141,11 @@ def test_skip_layer_refused(models):
 def tiny_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpora") / "tale.txt"
     path.write_text(TEXT)
+    plan = path.with_name("plan.yaml")  # the attention group, and attention at layer 1 alone
+    plan.write_text("generators: [{kind: group, role: attention}]\n"
+                    "conditions: [{targets: [{layer: 1, role: attention}], mode: zero}]\n")
     out = tmp_path_factory.mktemp("stores") / "run.zarr"
-    sys.argv = ["workbench", "run", "--model", "random:qwen2", "--preset", "groups", "--context", "32",
+    sys.argv = ["workbench", "run", "--model", "random:qwen2", "--plan", str(plan), "--context", "32",
                 "--stride", "16", "--corpus", str(path), "--out", str(out)]
     cli.main()
     return out
@@ -168,7 +171,7 @@ def test_mediate_store_group_and_resume(tiny_store, capsys):
     code, out, err = _invoke(["mediate", tiny_store, "--max-tokens", "64"], capsys)
     assert code == 0, err
     med = M.open_mediation(tiny_store).load()
-    assert med["complete"].values.all()
+    assert med["complete"].values.tolist() == [True, False]  # by default the group conditions
     cid = str(med.condition.values[0])
     rec = med["recovery"].sel(condition=cid)
     assert rec.sel(component="resid@3").item() == pytest.approx(1.0)  # the last residual: all of it
@@ -182,7 +185,7 @@ def test_mediate_store_group_and_resume(tiny_store, capsys):
     assert code == 0 and "complete, skipped" in err
     code, _, err = _invoke(["mediate", tiny_store, "--max-tokens", "32"], capsys)
     assert code == 2 and "--overwrite" in err and "Traceback" not in err and err.count("\n") == 1
-    assert M.open_mediation(tiny_store)["complete"].values.all()  # nothing lost
+    assert M.open_mediation(tiny_store)["complete"].values.tolist() == [True, False]  # nothing lost
     code, _, err = _invoke(["mediate", tiny_store, "--conditions", "nope"], capsys)
     assert code == 2 and "unknown or unsupported condition id(s) nope; valid:" in err
 
@@ -213,3 +216,51 @@ def test_zeroing_every_head_equals_zeroing_the_component(family):
             one = iv.run(ids, BASELINE).logits
         assert not torch.allclose(one, clean) and not torch.allclose(one, zeroed)
     assert roles == set(family_for(model.config.model_type).heads)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "falcon_h1"])
+def test_restoring_every_head_equals_restoring_the_component(models, family):
+    from workbench.mediate.heads import HeadEdits, HeadInputs, heads_of
+
+    iv, cond, ids = models[family], CONDS[family], _ids(7)
+    targets = iv.components(cond)
+    # in a later layer: a parallel mixer beside the first target has a clean input in both runs
+    comps = [c for c in M.downstream(iv, cond) if heads_of(iv.model, c) and c.layer > cond.layers[0]]
+    assert comps
+    for comp in comps[:2]:
+        hs = heads_of(iv.model, comp)
+        with HeadInputs(iv.model, hs) as clean_in:
+            clean = iv.run(ids, BASELINE, save=[comp])
+        ablated = iv.run(ids, cond, save=targets)
+        edits = {c: ablated.saved[c.key] for c in targets}
+        whole = M.patched_logits(iv, ids, {**edits, comp: clean.saved[comp.key]})
+        with HeadEdits(iv.model, clean_in.values):
+            every = M.patched_logits(iv, ids, edits)
+        gap = (whole - ablated.logits).abs().max()  # what restoring the component changes
+        assert gap > 0
+        assert (every - whole).abs().max() <= 1e-3 * gap
+        with HeadEdits(iv.model, {hs[0]: clean_in.values[hs[0]]}):
+            one = M.patched_logits(iv, ids, edits)
+        assert (one - whole).abs().max() > 1e-2 * gap  # one head alone is not the component
+
+
+def test_mediate_heads_in_the_store(tmp_path, tiny_store):
+    import shutil
+
+    copy = tmp_path / "run.zarr"
+    shutil.copytree(tiny_store, copy)
+    from workbench.store import open_store
+
+    ds = open_store(tiny_store)
+    single = str(ds.condition.values[list(ds.kind.values).index("custom")])  # attention at layer 1 alone
+    med = M.mediate(copy, conditions=[single], max_tokens=40, heads=True, overwrite=True, n_boot=50).load()
+    heads = med.sel(component=med.component_head >= 0)
+    assert set(heads.component_role.values) == {"attention"} and heads.sizes["component"] == 16
+    row = heads["recovery"].sel(condition=single)
+    later = (heads.component_layer > 1).values
+    assert np.isfinite(row.values[later]).all() and np.isnan(row.values[~later]).all()
+    # the heads of a component sum to it only in its output, not in loss; each is a separate run
+    assert not np.allclose(row.values[later], row.values[later][0])
+    names = [n for n, *_ in M.top(med, single, 3)]
+    head_names = [n for n, *_ in M.top(med, single, 3, heads=True)]
+    assert names and not any(".h" in n for n in names) and all(".h" in n for n in head_names)

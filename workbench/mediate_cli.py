@@ -21,6 +21,8 @@ def mediate_cmd(
     corpus: Optional[str] = typer.Option(None, help="corpus of the store (default: its first)"),
     batch_size: int = typer.Option(8, help="windows per forward"),
     device: Optional[str] = typer.Option(None, help="default: the store's device"),
+    heads: bool = typer.Option(False, "--heads", help="also patch every head of each downstream attention, "
+                               "Gated DeltaNet and Mamba-2 component (its slice of the out_proj input)"),
     top_k: int = typer.Option(5, "--top", help="components listed per condition"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace mediation results computed with "
                                    "other settings (another corpus or token budget)"),
@@ -33,11 +35,12 @@ def mediate_cmd(
         raise MediationError(f"--batch-size {batch_size} is invalid: give at least 1")
     wanted = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None
     med = mediate(store, conditions=wanted, max_tokens=max_tokens, corpus=corpus, batch_size=batch_size,
-                  device=device, overwrite=overwrite, log=lambda m: typer.echo(m, err=True))
+                  device=device, overwrite=overwrite, heads=heads, log=lambda m: typer.echo(m, err=True))
     done = [str(c) for c, ok in zip(med.condition.values, med["complete"].values) if ok]
     for cid in done:
         label = str(med.label.sel(condition=cid).values)
         typer.echo(f"{label} ({cid}):")
         for what in ("recovery", "transfer"):
-            parts = [f"{n} {v:.2f} [{lo:.2f}, {hi:.2f}]" for n, v, lo, hi in top(med, cid, top_k, what)]
-            typer.echo(f"  top {what}: " + "; ".join(parts))
+            for of_heads in (False, True) if heads else (False,):
+                parts = [f"{n} {v:.2f} [{lo:.2f}, {hi:.2f}]" for n, v, lo, hi in top(med, cid, top_k, what, of_heads)]
+                typer.echo(f"  top {what}{' (heads)' if of_heads else ''}: " + "; ".join(parts))

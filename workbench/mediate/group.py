@@ -14,7 +14,6 @@ import numpy as np
 import xarray as xr
 
 from workbench import store as run_store
-from workbench.architectures import Component
 from workbench.interventions import Intervener
 from workbench.mediate.patching import MediationError, condition_nll, fractions, name, patchable
 from workbench.plans import Condition, Plan
@@ -30,7 +29,9 @@ def ablated_conditions(plan: Plan) -> list[Condition]:
     return [c for c in plan.conditions if c.kind != "baseline" and c.mode != "skip_layer"]
 
 
-def _layout(path: Path, conds: list[Condition], comps: list[Component], tokens: np.ndarray, key: dict) -> None:
+def _layout(path: Path, conds: list[Condition], comps: list, tokens: np.ndarray, key: dict) -> None:
+    """``comps``: components and (with heads) heads, one entry each along ``component``."""
+    whole = [getattr(c, "component", c) for c in comps]
     n_c, n_k, n_w = len(conds), len(comps), len(tokens)
     full = lambda *shape: np.full(shape, np.nan)  # noqa: E731
     ds = xr.Dataset(
@@ -53,8 +54,9 @@ def _layout(path: Path, conds: list[Condition], comps: list[Component], tokens: 
          "window_tokens": ("window", tokens.astype(np.int64))},
         coords={"condition": [c.id for c in conds], "label": ("condition", [c.label for c in conds]),
                 "component": [name(c) for c in comps],
-                "component_layer": ("component", [c.layer for c in comps]),
-                "component_role": ("component", ["resid" if c.role == "layer" else c.role for c in comps]),
+                "component_layer": ("component", [c.layer for c in whole]),
+                "component_role": ("component", ["resid" if c.role == "layer" else c.role for c in whole]),
+                "component_head": ("component", [getattr(c, "index", -1) for c in comps]),
                 "window": np.arange(n_w)},
         attrs={"format": FORMAT, "key": json.dumps(key, sort_keys=True)},
     )
@@ -114,9 +116,12 @@ def pick_conditions(plan: Plan, wanted: list[str] | None) -> list[Condition]:
 
 def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_tokens: int = DEFAULT_TOKENS,
             corpus: str | None = None, batch_size: int = 8, device: str | None = None, overwrite: bool = False,
-            n_boot: int = 2000, seed: int = 0, log: Callable[[str], None] | None = None) -> xr.Dataset:
-    """Restoration and corruption of every downstream component for ``conditions`` of a store
-    (see the module docstring); returns the mediation group."""
+            heads: bool = False, n_boot: int = 2000, seed: int = 0,
+            log: Callable[[str], None] | None = None) -> xr.Dataset:
+    """Restoration and corruption of every downstream component (and, with ``heads``, every head
+    of one: ``component_head`` >= 0) for ``conditions`` of a store (see the module docstring);
+    returns the mediation group."""
+    from workbench.mediate.heads import all_heads
     from workbench.diagnose import Inputs, check_model, rebuild_inputs
     from workbench.loading import load_model
     from workbench.runner import Protocol
@@ -138,7 +143,7 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
     windows = _windows(protocol, scored.n_tokens, max_tokens)
     tokens = np.array([w.n_scored for w in windows], dtype=np.int64)
     key = {"corpus": scored.name, "max_tokens": max_tokens, "windows": len(windows),
-           "plan_hash": ds.attrs.get("plan_hash"), "weights_hash": ds.attrs.get("weights_hash")}
+           "plan_hash": ds.attrs.get("plan_hash"), "weights_hash": ds.attrs.get("weights_hash"), "heads": heads}
     everything = ablated_conditions(plan)
     have = open_mediation(path)
     if have is not None and (overwrite or json.loads(have.attrs.get("key", "{}")) != key):
@@ -149,7 +154,8 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
         shutil.rmtree(path / GROUP)
         have = None
     if have is None:
-        _layout(path, everything, patchable(iv), tokens, key)
+        every = patchable(iv)
+        _layout(path, everything, every + (all_heads(iv.model, iv.cmap, every) if heads else []), tokens, key)
         have = open_mediation(path)
     ids = list(have.condition.values)
     done = have["complete"].values
@@ -164,7 +170,10 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
         say(f"mediate: {cond.label} ...")
         comps, nll, _ = condition_nll(
             iv, cond, scored.ids, windows, batch_size=batch_size, prefix=protocol.prefix_id,
-            inputs=lambda c, x, batch: inputs(c, x, [w.begin for w in batch]))
+            inputs=lambda c, x, batch: inputs(c, x, [w.begin for w in batch]), heads=heads)
+        if heads:
+            for what in ("restored", "corrupted"):
+                nll[what] = np.concatenate([nll[what], nll.pop(f"head_{what}")])
         stats = fractions(nll, tokens, n_boot=n_boot, seed=seed)
         cols = [comp_names.index(name(c)) for c in comps]
         body = {}
@@ -186,9 +195,11 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
     return open_mediation(path)
 
 
-def top(med: xr.Dataset, condition: str, k: int = 5, what: str = "recovery") -> list[tuple[str, float, float, float]]:
-    """The ``k`` components with the largest ``what`` for a condition: (name, value, low, high)."""
-    row = med[what].sel(condition=condition).values
+def top(med: xr.Dataset, condition: str, k: int = 5, what: str = "recovery",
+        heads: bool = False) -> list[tuple[str, float, float, float]]:
+    """The ``k`` components (or heads) with the largest ``what`` for a condition: (name, value, low, high)."""
+    row = med[what].sel(condition=condition).values.copy()
+    row[(med["component_head"].values >= 0) != heads] = np.nan
     low, high = med[f"{what}_low"].sel(condition=condition).values, med[f"{what}_high"].sel(condition=condition).values
     order = [j for j in np.argsort(-np.nan_to_num(row, nan=-np.inf)) if np.isfinite(row[j])][:k]
     return [(str(med.component.values[j]), float(row[j]), float(low[j]), float(high[j])) for j in order]

@@ -20,8 +20,11 @@ class MediationError(run_store.StoreError):
     """(A StoreError, so the CLI reports it as one line, exit status 2.)"""
 
 
-def name(c: Component) -> str:
-    """A component's name in the results: ``role@layer``, the residual stream as ``resid@layer``."""
+def name(c) -> str:
+    """A component's name in the results: ``role@layer``, the residual stream as ``resid@layer``,
+    a head ``role@layer.hN``."""
+    if not isinstance(c, Component):
+        return c.name
     return f"resid@{c.layer}" if c.role == "layer" else c.key
 
 
@@ -62,34 +65,49 @@ def patched_logits(iv: Intervener, ids: torch.Tensor, patches: dict[Component, t
 
 
 def condition_nll(iv: Intervener, cond: Condition, ids: torch.Tensor, windows: list, *, batch_size: int = 8,
-                  prefix: int | None = None, inputs: Callable | None = None,
-                  progress: Callable[[int], None] | None = None) -> tuple[list[Component], dict, np.ndarray]:
-    """(downstream components, NLL arrays, tokens per window) of one condition on ``windows``.
+                  prefix: int | None = None, inputs: Callable | None = None, heads: bool = False,
+                  progress: Callable[[int], None] | None = None) -> tuple[list, dict, np.ndarray]:
+    """(downstream components and heads, NLL arrays, tokens per window) of one condition on ``windows``.
 
     NLL arrays (summed nats per window): ``clean`` and ``ablated`` (windows,), ``restored`` and
-    ``corrupted`` (components, windows). ``inputs(cond, ids, windows)``: the ``means``/``donor``
+    ``corrupted`` (components, windows) and, with ``heads``, ``head_restored`` and
+    ``head_corrupted`` (heads of the downstream components, windows): one head's slice of its
+    out_proj input restored or corrupted. ``inputs(cond, ids, windows)``: the ``means``/``donor``
     arguments of ``Intervener.run`` for A (mean and resample conditions).
     """
+    from workbench.mediate.heads import HeadEdits, HeadInputs, all_heads
+
     comps = downstream(iv, cond)
     targets = iv.components(cond)
+    hs = all_heads(iv.model, iv.cmap, comps) if heads else []
 
     def forward(batch_ids, batch, keep):
         extra = inputs(cond, batch_ids, batch) if inputs else {}
-        clean = iv.run(batch_ids, BASELINE, save=targets + comps, keep=keep)
+        with HeadInputs(iv.model, hs) as clean_in:
+            clean = iv.run(batch_ids, BASELINE, save=targets + comps, keep=keep)
         yield clean.logits
-        ablated = iv.run(batch_ids, cond, save=targets + comps, keep=keep, **extra)
+        with HeadInputs(iv.model, hs) as ablated_in:
+            ablated = iv.run(batch_ids, cond, save=targets + comps, keep=keep, **extra)
         yield ablated.logits
         edits = {c: ablated.saved[c.key] for c in targets}  # A's edit as values (zero/mean/donor)
         for c in comps:
             yield patched_logits(iv, batch_ids, {**edits, c: clean.saved[c.key]}, keep)
         for c in comps:
             yield patched_logits(iv, batch_ids, {c: ablated.saved[c.key]}, keep)
+        for h in hs:
+            with HeadEdits(iv.model, {h: clean_in.values[h]}):
+                yield patched_logits(iv, batch_ids, edits, keep)
+        for h in hs:
+            with HeadEdits(iv.model, {h: ablated_in.values[h]}):
+                yield patched_logits(iv, batch_ids, {}, keep)
 
-    nll, tokens = score_windows_multi(forward, 2 + 2 * len(comps), ids, windows, batch_size, iv.device,
+    k, n = len(comps), len(hs)
+    nll, tokens = score_windows_multi(forward, 2 + 2 * k + 2 * n, ids, windows, batch_size, iv.device,
                                       progress=progress, prefix=prefix)
-    k = len(comps)
-    return comps, {"clean": nll[0], "ablated": nll[1], "restored": nll[2:2 + k],
-                   "corrupted": nll[2 + k:]}, tokens
+    out = {"clean": nll[0], "ablated": nll[1], "restored": nll[2:2 + k], "corrupted": nll[2 + k:2 + 2 * k]}
+    if heads:
+        out.update(head_restored=nll[2 + 2 * k:2 + 2 * k + n], head_corrupted=nll[2 + 2 * k + n:])
+    return comps + hs, out, tokens
 
 
 def fractions(nll: dict, tokens: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
