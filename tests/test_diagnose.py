@@ -237,3 +237,22 @@ def test_lens_grid_at_the_last_layer_is_the_models_top_token(diagnosed):
     prob = diag["lens_top_prob"].sel(condition="baseline")
     assert ((prob > 0) & (prob <= 1)).all()
     assert diag["lens_top_text"].dtype.kind in "UO"
+
+
+def test_probes_fit_on_one_thread(monkeypatch):
+    """scikit-learn's multinomial loss on 2 busy cores: 51 s a probe on 2 threads, 0.9 s on 1."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    from probes.linear_probe import LinearProbe
+
+    seen, fit = [], LogisticRegression.fit
+
+    def spy(self, X, y, *args, **kwargs):
+        seen.append(max(i["num_threads"] for i in threadpool_info()))
+        return fit(self, X, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    rng = np.random.default_rng(0)
+    LinearProbe().fit(rng.normal(size=(60, 4)), np.arange(60) % 3)
+    assert seen == [1]

@@ -152,6 +152,11 @@ def run(
     diagnose: bool = typer.Option(False, "--diagnose", help="then cache activations and compute every "
                                   "diagnostic (as `workbench diagnose STORE` with its defaults; with "
                                   "--workers/--cluster on a worker)"),
+    diagnose_tokens: Optional[int] = typer.Option(None, "--diagnose-tokens", help="with --diagnose: token "
+                                                  "positions to sample (diagnose --tokens; default 2048, or all "
+                                                  "the first corpus offers when fewer)"),
+    diagnose_full: bool = typer.Option(False, "--diagnose-full", help="with --diagnose: the slow, complete "
+                                       "set (diagnose --full)"),
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -167,6 +172,10 @@ def run(
                    seeds=seeds, reference_tokens=reference_tokens, seed=seed, max_rows=max_rows, streams=streams,
                    threads=threads)
     _check_protocol(protocol_name)
+    if (diagnose_tokens is not None or diagnose_full) and not diagnose:
+        raise UserError("--diagnose-tokens and --diagnose-full go with --diagnose; add --diagnose or drop them")
+    if diagnose_tokens is not None and diagnose_tokens < 8:
+        raise UserError(f"--diagnose-tokens {diagnose_tokens} is invalid: give at least 8")
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
     where = target(cluster, workers, threads_per_worker)
@@ -210,6 +219,13 @@ def run(
                                                 batch_size=batch_size, scoring=protocol_name, streams=streams)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if diagnose_tokens is not None:  # refused now, not after the run
+        from workbench.diagnose import sample_capacity
+
+        room = sample_capacity(corpora[0].n_tokens, context, protocol.prefix_id)
+        if diagnose_tokens > room:
+            raise UserError(f"--diagnose-tokens {diagnose_tokens} is more than corpus {corpora[0].name!r} offers "
+                            f"in windows of --context {context} ({room}); give at most {room} or leave it out")
     policy = protocol.prefix_token
     err.print(f"{len(resolved.conditions)} conditions x {len(corpora)} corpora "
               f"({sum(k.n_tokens for k in corpora):,} tokens, prefix token {policy}) -> {out_path}",
@@ -226,14 +242,15 @@ def run(
     n_done = int(ds["complete"].sum())
     err.print(f"done: {n_done}/{ds.sizes['condition']} conditions in {out_path}", markup=False)
     if diagnose:
+        options = dict(tokens=diagnose_tokens, full=diagnose_full)
         if where is None:
             from workbench.diagnose import diagnose as run_diagnose
 
-            run_diagnose(out_path, progress=True)
+            run_diagnose(out_path, progress=True, log=say, **options)
         else:  # on a worker too (a GPU host, say): the store as one task
             from workbench.cluster import diagnose_cluster
 
-            diagnose_cluster([out_path], **where.connect_kwargs(), log=say)
+            diagnose_cluster([out_path], **where.connect_kwargs(), log=say, **options)
         err.print(f"diagnostics in {out_path} (workbench show {out_path} --diagnostics)", markup=False)
 
 

@@ -30,10 +30,16 @@ reconstructed from the store's protocol and checked against its sha256 and token
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import os
 import re
+import shutil
+import socket
+import sys
 import time
+import uuid
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ import zarr
 from workbench import store as run_store
 from workbench.architectures import ComponentMap
 from workbench.capture import capture
+from workbench.claims import Claims
 from workbench.corpora import Corpus, load_corpus
 from workbench.interventions import Intervener
 from workbench.loading import config_hash, load_model, weights_hash
@@ -244,6 +251,30 @@ def _has_group(path: Path, name: str) -> bool:
     return (Path(path) / name / ".zgroup").exists()
 
 
+def _publish(path: Path, name: str, write) -> None:
+    """Write group ``name`` of the store into a temporary folder beside it (``write(folder)``),
+    then rename it into place: a kill leaves the old group or the new one, never half of one.
+    Folders left by killed processes are removed first (``store._clean_stale_layouts``)."""
+    final = Path(path) / name
+    run_store._clean_stale_layouts(final)
+
+    def temporary() -> Path:
+        return final.with_name(f".{name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+    tmp, old = temporary(), temporary()
+    try:
+        write(tmp)
+        if final.exists():
+            os.rename(final, old)  # a kill from here to the next rename leaves no group: recomputed
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+ROW_ARRAYS = ("hidden", "component_out", "final_hidden", "nll", "top1_id")
+
+
 def _layout(path: Path, sample: Sample, rows: Rows, cmap: ComponentMap, token_text: list[str],
             d_model: int, chunk_tokens: int, labels: dict[str, str]) -> None:
     n_r, n_t, n_l = len(rows.ids), sample.n_tokens, cmap.n_layers + 1
@@ -267,17 +298,48 @@ def _layout(path: Path, sample: Sample, rows: Rows, cmap: ComponentMap, token_te
                "layer_note": "layer -1: embedding output (times any embedding multiplier); layer i: output of "
                              "decoder layer i (before the final norm); a skipped layer holds its input"},
     )
-    small.to_zarr(str(path), group=ACTIVATIONS, mode="w", consolidated=False, **ZARR)
-    group = _group(path, ACTIVATIONS)
+    tok = min(chunk_tokens, n_t)
+    # one chunk per condition (and block of tokens): processes filling different rows never
+    # rewrite each other's chunks
+    encoding = {"complete": {"chunks": (1,)}, "nll": {"chunks": (1, tok)}, "top1_id": {"chunks": (1, tok)}}
     big = {"hidden": (("condition", "layer", "token", "d_model"), (n_r, n_l, n_t, d_model), np.float16),
            "component_out": (("condition", "component", "token", "d_model"), (n_r, len(comps), n_t, d_model),
                              np.float16),
            "final_hidden": (("condition", "token", "d_model"), (n_r, n_t, d_model), np.float32)}
-    for name, (dims, shape, dtype) in big.items():
-        chunks = tuple(1 if d == "condition" else min(chunk_tokens, n_t) if d == "token" else s
-                       for d, s in zip(dims, shape))
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan,
-                           attributes={"_ARRAY_DIMENSIONS": list(dims)}, overwrite=True)
+
+    def write(folder: Path) -> None:
+        small.to_zarr(str(folder), mode="w-", consolidated=False, encoding=encoding, **ZARR)
+        group = zarr.open_group(str(folder), mode="r+", use_consolidated=False, **ZARR)
+        for name, (dims, shape, dtype) in big.items():
+            chunks = tuple(1 if d == "condition" else tok if d == "token" else s for d, s in zip(dims, shape))
+            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan,
+                               attributes={"_ARRAY_DIMENSIONS": list(dims)})
+
+    _publish(path, ACTIVATIONS, write)
+
+
+def _lost_rows(path: Path) -> dict[int, str]:
+    """Rows of the activations group marked complete with a chunk file missing: row -> which.
+
+    Every chunk of a complete row is written (empty chunks included, see ``capture_condition``),
+    so a missing file is damage; a missing chunk would otherwise read back as its fill value."""
+    group = _group(path, ACTIVATIONS)
+    done = np.flatnonzero(group["complete"][:])
+    lost: dict[int, str] = {}
+    for name in ROW_ARRAYS:
+        arr = group[name]
+        sep = getattr(arr.metadata, "dimension_separator", ".") or "."
+        grid = [range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], arr.chunks[1:])]
+        folder = Path(path) / ACTIVATIONS / name
+        for r in done:
+            if int(r) in lost:
+                continue
+            for idx in itertools.product(*grid):
+                key = sep.join(map(str, (int(r) // arr.chunks[0], *idx)))  # caches of older versions: one chunk
+                if not (folder / key).exists():
+                    lost[int(r)] = f"chunk {name}/{key} missing"
+                    break
+    return lost
 
 
 def _logit_stats(logits: torch.Tensor, targets: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -300,8 +362,13 @@ def _logit_stats(logits: torch.Tensor, targets: np.ndarray, chunk: int = 512) ->
 
 def capture_condition(iv: Intervener, path: Path, row: int, cond: Condition, sample: Sample, inputs: Inputs,
                       batch_size: int, on_batch=None) -> None:
-    """Capture one condition over the sample, batch by batch, into its region of the group."""
-    group = _group(path, ACTIVATIONS)
+    """Capture one condition over the sample, batch by batch, into its region of the group.
+    The caller holds the row's claim; ``complete`` is written last."""
+    with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: a missing one is damage
+        _capture_rows(iv, _group(path, ACTIVATIONS), row, cond, sample, inputs, batch_size, on_batch)
+
+
+def _capture_rows(iv, group, row, cond, sample, inputs, batch_size, on_batch) -> None:
     comps = [c.key for c in iv.cmap.components if c.role != "layer"]
     n_win = sample.ids.shape[0]
     for w0 in range(0, n_win, batch_size):
@@ -518,44 +585,148 @@ def _token_strings(tokenizer, vocab: int) -> list[str]:
     return out
 
 
-def _check_cache(path: Path, sample: Sample, rows: Rows, overwrite: bool) -> bool:
-    """True when the store holds an activations group of this very sample (resume it)."""
-    act = open_activations(path)
+def _cache_state(path: Path, sample: Sample, rows: Rows, overwrite: bool, say) -> bool:
+    """True when the store holds a usable activations group of this very sample (resume it).
+
+    Call with the layout claim held. Rows marked complete whose chunks are missing are marked
+    incomplete (recomputed); a group that lacks its arrays (laid out by a process killed in the
+    middle, before layouts were atomic) holds nothing usable and is laid out again."""
+    if not _has_group(path, ACTIVATIONS):
+        return False
+    try:
+        group = _group(path, ACTIVATIONS)
+        missing = [n for n in ("complete", *ROW_ARRAYS) if n not in group]
+        act = None if missing else open_activations(path)
+    except Exception as exc:  # unreadable metadata
+        missing, act = [f"readable metadata ({type(exc).__name__})"], None
     if act is None:
+        say(f"{path}: the activations group is incomplete (no {', '.join(missing)}); laying it out again")
         return False
     same = (json.loads(act.attrs.get("sample", "{}")) == json.loads(json.dumps(sample.key))
             and [str(c) for c in act["condition"].values] == rows.ids)
-    if same:
-        return True
-    if not overwrite:
-        raise DiagnoseError(f"{path} already caches activations of another sample or plan "
-                            f"({act.attrs.get('sample')}); rerun with the same --tokens/--corpus/--seed, "
-                            "or pass --overwrite to replace them")
-    return False
+    if not same:
+        if not overwrite:
+            raise DiagnoseError(f"{path} already caches activations of another sample or plan "
+                                f"({act.attrs.get('sample')}); rerun with the same --tokens/--corpus/--seed, "
+                                "or pass --overwrite to replace them")
+        return False
+    lost = _lost_rows(path)
+    if lost:
+        say(f"{len(lost)} cached condition(s) failed verification and will be recomputed: "
+            + ", ".join(f"{rows.ids[r]} ({why})" for r, why in lost.items()))
+        for r in lost:
+            group["complete"][r] = False
+    return True
 
 
-def diagnose(store_path: str | Path, *, tokens: int = 2048, corpus: str | None = None,
+def _row_done(path: Path, row: int) -> bool:
+    """One row's flag read from disk now (another process may have just written it)."""
+    return bool(_group(path, ACTIVATIONS)["complete"][row])
+
+
+def _digest(ds: xr.Dataset) -> str:
+    """sha256 of every variable's name, dtype, shape and values, as read back from disk."""
+    h = hashlib.sha256()
+    for name in sorted(ds.variables):
+        v = np.asarray(ds[name].values)
+        h.update(f"{name}|{v.dtype.str}|{v.shape}|".encode())
+        if v.dtype.kind in "UOS":
+            h.update("\x1f".join(map(str, v.ravel())).encode())
+        else:
+            h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
+def _valid_diagnostics(path: Path, key: str, say) -> xr.Dataset | None:
+    """The stored diagnostics when they were computed with ``key`` and read back intact."""
+    old = open_diagnostics(path)
+    if old is None or old.attrs.get("key") != key:
+        return None
+    if "digest" not in old.attrs:
+        say(f"{path}: the diagnostics group has no digest (written by an interrupted or older diagnose); "
+            "recomputing it")
+        return None
+    try:
+        ok = old.attrs["digest"] == _digest(old)
+    except Exception:  # a chunk that fails to decompress
+        ok = False
+    if not ok:
+        say(f"{path}: the diagnostics group failed verification (missing or changed data); recomputing it")
+        return None
+    return old
+
+
+def _write_diagnostics(path: Path, out: xr.Dataset, plan: Plan, rows: Rows, labels: dict, key: str,
+                       sample: Sample, model: str) -> None:
+    """One row per store condition (twins share their activation row's values), written whole
+    with its digest, then renamed into place."""
+    conds = ["baseline"] + [c.id for c in plan.conditions if c.kind != "baseline"]
+    index = [rows.ids.index(rows.twins.get(c, c)) for c in conds]
+    out = out.isel(condition=index).assign_coords(
+        condition=conds, label=("condition", [labels.get(c, c) for c in conds]),
+        activation_row=("condition", [rows.ids[i] for i in index]))
+    out.attrs.update({"key": key, "sample": json.dumps(sample.key, sort_keys=True), "model": model})
+
+    def write(folder: Path) -> None:
+        out.to_zarr(str(folder), mode="w-", consolidated=False, **ZARR)
+        back = xr.open_zarr(str(folder), consolidated=False, **ZARR)
+        zarr.open_group(str(folder), mode="r+", use_consolidated=False, **ZARR).attrs["digest"] = _digest(back)
+
+    _publish(path, DIAG, write)
+
+
+DEFAULT_TOKENS = 2048
+# the default settings and ``--full``'s (see docs/diagnose.md for what each costs)
+FAST = {"map_methods": ("pca",), "probe_layers": "middle"}
+FULL = {"map_methods": ("pca", "umap"), "probe_layers": "all"}
+LAYOUT, DIAG_CLAIM = -1, -2  # claim indices of the activations layout and the diagnostics group
+
+
+def sample_capacity(n_tokens: int, context: int, prefix_id: int | None) -> int:
+    """Token positions a corpus of ``n_tokens`` offers a sample (its non-overlapping windows'
+    text positions); 0 when it has fewer than the 2 windows a sample needs."""
+    span = context - int(prefix_id is not None)
+    grid = n_tokens // span if span > 0 else 0
+    return grid * span if grid >= 2 else 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def diagnose(store_path: str | Path, *, tokens: int | None = None, corpus: str | None = None,
              diagnostics=DIAGNOSTICS, batch_size: int = 8, progress: bool = True, seed: int = 0,
              windows: int | None = None, max_diag_tokens: int = 4096, map_layer: int | None = None,
-             map_methods=("pca", "umap"), probe_layers: str = "middle", device: str | None = None,
-             chunk_tokens: int = 1024, overwrite: bool = False, on_condition=None) -> xr.Dataset | None:
+             map_methods=None, probe_layers: str | None = None, full: bool = False,
+             device: str | None = None, chunk_tokens: int = 1024, overwrite: bool = False, on_condition=None,
+             log=None) -> xr.Dataset | None:
     """Cache activations of the store's conditions and write representation diagnostics.
 
-    ``tokens``: sample size (positions); ``windows``: how many windows they come from (default
-    one per quarter-window of positions, at most the corpus's window grid). ``diagnostics``:
-    any of ``DIAGNOSTICS`` (empty: cache only). ``max_diag_tokens``: diagnostics read at most
-    this many cached tokens (a seeded subset). ``probe_layers``: ``middle`` (ablated runs are
-    probed at the middle layer only; the clean run at every layer) or ``all``. Returns the
-    diagnostics dataset (None when none were asked for).
+    ``tokens``: sample size (positions; default ``DEFAULT_TOKENS``, or every position the
+    corpus offers when it holds fewer, said on ``log``); ``windows``: how many windows they come
+    from (default one per quarter-window of positions, at most the corpus's window grid).
+    ``diagnostics``: any of ``DIAGNOSTICS`` (empty: cache only). ``max_diag_tokens``:
+    diagnostics read at most this many cached tokens (a seeded subset). ``full``: the slow
+    settings (``FULL``) where ``map_methods`` / ``probe_layers`` are not given; the default is
+    ``FAST``. Returns the diagnostics dataset (None when none were asked for).
+
+    Several processes may diagnose one store at once: claims (``workbench.claims``) give each
+    activation row, the layout and the diagnostics group to one process at a time. Groups are
+    written into a temporary folder and renamed into place; rows are flagged complete last; a
+    rerun recomputes rows whose chunks are missing and diagnostics that do not read back intact.
     """
     path = Path(store_path)
+    say = log or _stderr
+    preset = FULL if full else FAST
+    map_methods = tuple(preset["map_methods"] if map_methods is None else map_methods)
+    probe_layers = preset["probe_layers"] if probe_layers is None else probe_layers
     wanted = tuple(d for d in (diagnostics.split(",") if isinstance(diagnostics, str) else diagnostics) if d)
     unknown = sorted(set(wanted) - set(DIAGNOSTICS))
     if unknown:
         raise DiagnoseError(f"unknown diagnostics {unknown}; valid: {', '.join(DIAGNOSTICS)}")
     if probe_layers not in ("middle", "all"):
         raise DiagnoseError(f"probe_layers {probe_layers!r} is invalid; valid: middle, all")
-    if tokens < 8 or batch_size < 1 or chunk_tokens < 1:
+    if (tokens is not None and tokens < 8) or batch_size < 1 or chunk_tokens < 1:
         raise DiagnoseError("tokens must be at least 8, batch_size and chunk_tokens at least 1")
     ds = run_store.open_store(path)
     attrs = ds.attrs
@@ -567,6 +738,12 @@ def diagnose(store_path: str | Path, *, tokens: int = 2048, corpus: str | None =
     iv = Intervener(model)
     cmap = iv.cmap
     scored, reference, avoid = rebuild_inputs(ds, loaded.tokenizer, corpus)
+    if tokens is None:
+        room = sample_capacity(scored.n_tokens, int(proto["context"]), proto.get("prefix_id"))
+        tokens = min(DEFAULT_TOKENS, room) if room >= 8 else DEFAULT_TOKENS  # too short: make_sample says why
+        if tokens < DEFAULT_TOKENS:
+            say(f"diagnose: corpus {scored.name!r} offers {room:,} sample positions, fewer than the default "
+                f"{DEFAULT_TOKENS:,}; sampling all {tokens:,}")
     sample = make_sample(scored, int(proto["context"]), proto.get("prefix_id"), tokens, seed=seed, windows=windows)
     rows = activation_rows(plan)
     labels = dict(zip([str(c) for c in ds["condition"].values], [str(x) for x in ds["label"].values]))
@@ -574,43 +751,59 @@ def diagnose(store_path: str | Path, *, tokens: int = 2048, corpus: str | None =
     inputs = Inputs(iv, reference, proto, plan, avoid)
     vocab = model.get_output_embeddings().weight.shape[0]
     strings = _token_strings(loaded.tokenizer, vocab)
-    if not _check_cache(path, sample, rows, overwrite):
-        d_model = model.get_input_embeddings().weight.shape[1]
-        text = [strings[int(t)] for t in sample.ids[sample.window, sample.position]]
-        _layout(path, sample, rows, cmap, text, d_model, chunk_tokens, labels)
-    act = open_activations(path)
-    todo = [r for r, ok in enumerate(act["complete"].values) if not ok]
-    bar = _bar(progress)
-    with bar if progress else nullcontext():
-        t_c = bar.add_task("activations", total=len(rows.ids), completed=len(rows.ids) - len(todo))
-        t_w = bar.add_task("windows", total=sample.ids.shape[0])
-        for r in todo:
-            bar.reset(t_w, total=sample.ids.shape[0])
-            capture_condition(iv, path, r, rows.conditions[r], sample, inputs, batch_size,
-                              on_batch=lambda n: bar.advance(t_w, n))
-            bar.advance(t_c)
-            if on_condition:
-                on_condition(r, rows.conditions[r])
-    if not wanted:
-        return None
-    key = {"format": DIAGNOSTICS_FORMAT, "sample": sample.key, "diagnostics": sorted(wanted),
-           "max_diag_tokens": max_diag_tokens,
-           "map_layer": map_layer, "map_methods": list(map_methods), "probe_layers": probe_layers,
-           "plan_hash": attrs.get("plan_hash")}
-    old = open_diagnostics(path)
-    if old is not None and old.attrs.get("key") == json.dumps(key, sort_keys=True):
-        return old
-    out = compute_diagnostics(path, iv, loaded.tokenizer, sample, rows, inputs, wanted, proto, strings=strings,
-                              max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=map_methods,
-                              probe_layers=probe_layers, seed=seed, batch_size=batch_size, progress=progress)
-    conds = ["baseline"] + [c.id for c in plan.conditions if c.kind != "baseline"]
-    index = [rows.ids.index(rows.twins.get(c, c)) for c in conds]
-    out = out.isel(condition=index).assign_coords(condition=conds, label=("condition", [labels.get(c, c) for c in conds]),
-                                                  activation_row=("condition", [rows.ids[i] for i in index]))
-    out.attrs.update({"key": json.dumps(key, sort_keys=True), "sample": json.dumps(sample.key, sort_keys=True),
-                      "model": attrs.get("model", "")})
-    out.to_zarr(str(path), group=DIAG, mode="w", consolidated=False, **ZARR)
-    return open_diagnostics(path)
+    claims = Claims(path.with_name(f"{path.name}.diagnose"))  # locks in .STORE.diagnose.claims beside it
+    try:
+        claims.wait_claim(LAYOUT)  # one process checks and lays out; the others then resume it
+        if not _cache_state(path, sample, rows, overwrite, say):
+            d_model = model.get_input_embeddings().weight.shape[1]
+            text = [strings[int(t)] for t in sample.ids[sample.window, sample.position]]
+            _layout(path, sample, rows, cmap, text, d_model, chunk_tokens, labels)
+        claims.release(LAYOUT)
+        todo = [r for r, ok in enumerate(open_activations(path)["complete"].values) if not ok]
+        bar = _bar(progress)
+        with bar if progress else nullcontext():
+            t_c = bar.add_task("activations", total=len(rows.ids), completed=len(rows.ids) - len(todo))
+            t_w = bar.add_task("windows", total=sample.ids.shape[0])
+
+            def fill(r: int) -> None:  # with row r claimed
+                if not _row_done(path, r):
+                    bar.reset(t_w, total=sample.ids.shape[0])
+                    capture_condition(iv, path, r, rows.conditions[r], sample, inputs, batch_size,
+                                      on_batch=lambda n: bar.advance(t_w, n))
+                    if on_condition:
+                        on_condition(r, rows.conditions[r])
+                claims.release(r)
+                bar.advance(t_c)
+
+            busy = []
+            for r in todo:
+                if claims.try_claim(r):
+                    fill(r)
+                else:
+                    busy.append(r)
+            for r in busy:  # rows another process holds: wait for it to finish (or die), then check
+                claims.wait_claim(r)
+                fill(r)
+        done = None
+        if wanted:
+            key = json.dumps({"format": DIAGNOSTICS_FORMAT, "sample": sample.key, "diagnostics": sorted(wanted),
+                              "max_diag_tokens": max_diag_tokens, "map_layer": map_layer,
+                              "map_methods": list(map_methods), "probe_layers": probe_layers,
+                              "plan_hash": attrs.get("plan_hash")}, sort_keys=True)
+            claims.wait_claim(DIAG_CLAIM)  # one process computes; the others then find it done
+            done = _valid_diagnostics(path, key, say)
+            if done is None:
+                out = compute_diagnostics(path, iv, loaded.tokenizer, sample, rows, inputs, wanted, proto,
+                                          strings=strings, max_diag_tokens=max_diag_tokens, map_layer=map_layer,
+                                          map_methods=map_methods, probe_layers=probe_layers, seed=seed,
+                                          batch_size=batch_size, progress=progress)
+                _write_diagnostics(path, out, plan, rows, labels, key, sample, attrs.get("model", ""))
+                done = open_diagnostics(path)
+    finally:
+        claims.release_all()
+    if bool(open_activations(path)["complete"].all()):
+        claims.remove()
+    return done
 
 
 def compute_diagnostics(path: Path, iv: Intervener, tokenizer, sample: Sample, rows: Rows, inputs: Inputs,

@@ -18,7 +18,8 @@ from workbench.diagnose import DIAGNOSTICS, DiagnoseError, diagnose, diagnostics
 
 def diagnose_cmd(
     stores: list[Path] = typer.Argument(..., help="run stores made by `workbench run` (each diagnosed whole)"),
-    tokens: int = typer.Option(2048, help="token positions to sample (from windows of the store's context)"),
+    tokens: Optional[int] = typer.Option(None, help="token positions to sample (from windows of the store's "
+                                         "context; default 2048, or all the corpus offers when fewer)"),
     corpus: Optional[str] = typer.Option(None, help="corpus of the store to sample (default: its first)"),
     diagnostics: str = typer.Option(",".join(DIAGNOSTICS), help="comma-separated: " + ", ".join(DIAGNOSTICS)
                                     + " (empty: cache activations only)"),
@@ -28,8 +29,11 @@ def diagnose_cmd(
                                           "tokens / (context / 4), at most what the corpus holds)"),
     max_diag_tokens: int = typer.Option(4096, help="cached tokens the diagnostics read at most"),
     map_layer: Optional[int] = typer.Option(None, help="layer of the 2-D maps (default: the middle layer)"),
-    map_methods: str = typer.Option("pca,umap", help="pca and/or umap"),
-    probe_layers: str = typer.Option("middle", help="middle | all: layers ablated runs are probed at"),
+    map_methods: Optional[str] = typer.Option(None, help="pca and/or umap (default pca; --full: pca,umap)"),
+    probe_layers: Optional[str] = typer.Option(None, help="middle | all: layers ablated runs are probed at "
+                                               "(default middle; --full: all)"),
+    full: bool = typer.Option(False, "--full", help="the slow, complete set: UMAP maps too, and ablated "
+                              "runs probed at every layer"),
     device: Optional[str] = typer.Option(None, help="default: the store's device"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a cache of another sample"),
     cluster: Optional[str] = CLUSTER,
@@ -40,17 +44,17 @@ def diagnose_cmd(
 
     With --workers/--cluster every store is one task on a cluster worker (stores in parallel)."""
     where = target(cluster, workers, threads_per_worker)
-    if tokens < 8:
+    if tokens is not None and tokens < 8:
         raise DiagnoseError(f"--tokens {tokens} is invalid: give at least 8")
     if batch_size < 1:
         raise DiagnoseError(f"--batch-size {batch_size} is invalid: give at least 1")
-    methods = tuple(m for m in map_methods.split(",") if m)
-    if set(methods) - {"pca", "umap"}:
+    methods = None if map_methods is None else tuple(m for m in map_methods.split(",") if m)
+    if methods is not None and set(methods) - {"pca", "umap"}:
         raise DiagnoseError(f"--map-methods {map_methods!r} is invalid; valid: pca, umap")
     wanted = tuple(d.strip() for d in diagnostics.split(",") if d.strip())
     options = dict(tokens=tokens, corpus=corpus, diagnostics=wanted, batch_size=batch_size, seed=seed,
                    windows=windows, max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=methods,
-                   probe_layers=probe_layers, device=device, overwrite=overwrite)
+                   probe_layers=probe_layers, full=full, device=device, overwrite=overwrite)
     if where is None:
         for store in stores:
             diagnose(store, progress=True, **options)
