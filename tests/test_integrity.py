@@ -653,3 +653,30 @@ def test_read_only_output_folder_is_one_line_and_the_store_untouched(tmp_path, s
     code, _, err = invoke(["run", *RUN, "--corpus", corpus_file, "--out", tmp_path / "new.zarr"], capsys)
     assert code == 2 and "nothing can be created in" in err and "Read-only file system" in err
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_a_baseline_its_holder_left_unwritten_is_computed_before_the_ablations(tmp_path, qwen2, corpus_file,
+                                                                               monkeypatch):
+    """Another process held the baseline's claim and let go without writing it (it refused a
+    non-finite baseline, or died): the ablations wait for it, then this process computes it first,
+    so their QC compares with it (not 'not checked')."""
+    from workbench.claims import Claims
+
+    cmap = component_map(qwen2.model)
+    plan = plans.resolve(plans.auto_spec(cmap, "smoke"), cmap)
+    corpus = load_corpus(str(corpus_file), qwen2.tokenizer)
+    out = tmp_path / "b.zarr"
+    kw = dict(context=32, stride=16, progress=False)
+    run_plan(qwen2, plan, [corpus], out, only=(), **kw)
+    other = Claims(out)
+    assert other.try_claim(0)  # the other process holds the baseline
+    real = Claims.wait_claim
+
+    def other_lets_go(self, index):
+        if index == 0 and self is not other:
+            other.release(0)  # ... and lets go without writing it
+        return real(self, index)
+
+    monkeypatch.setattr(Claims, "wait_claim", other_lets_go)
+    ds = run_plan(qwen2, plan, [corpus], out, **kw)
+    assert bool(ds["complete"].all()) and (ds["qc_changed"].values[1:] == 1).all()
