@@ -680,3 +680,20 @@ def test_a_baseline_its_holder_left_unwritten_is_computed_before_the_ablations(t
     monkeypatch.setattr(Claims, "wait_claim", other_lets_go)
     ds = run_plan(qwen2, plan, [corpus], out, **kw)
     assert bool(ds["complete"].all()) and (ds["qc_changed"].values[1:] == 1).all()
+
+
+def test_a_full_disk_while_writing_study_json_keeps_the_old_settings(tmp_path, monkeypatch):
+    import errno
+
+    from workbench import study
+
+    settings = study.StudySettings(models=["random:qwen2"], corpora=["books"])
+    (tmp_path / "study.json").write_text("old")
+
+    def full(*args):
+        raise _os_error(errno.ENOSPC)
+
+    monkeypatch.setattr(study.os, "replace", full)
+    with pytest.raises(study.StudyError, match=r"cannot write .*study.json \(No space left on device\)"):
+        study._write_settings(tmp_path, settings)
+    assert [p.name for p in tmp_path.iterdir()] == ["study.json"] and (tmp_path / "study.json").read_text() == "old"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import suppress
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from math import comb
 from pathlib import Path
@@ -92,10 +93,16 @@ def check_folder(out_dir: Path, settings: StudySettings, replace: bool = False) 
 
 
 def _write_settings(out_dir: Path, settings: StudySettings) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".study.json.{os.getpid()}.tmp"
-    tmp.write_text(settings.to_json())
-    os.replace(tmp, out_dir / "study.json")  # atomic: the old settings or the new, never half
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(settings.to_json())
+        os.replace(tmp, out_dir / "study.json")  # atomic: the old settings or the new, never half
+    except OSError as exc:  # a full disk, a read-only folder
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StudyError(f"cannot write {out_dir / 'study.json'} ({exc.strerror}); free space or fix "
+                         "permissions, then rerun the same command") from None
 
 
 def study_roles(cmap: ComponentMap) -> list[str]:
