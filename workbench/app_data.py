@@ -585,17 +585,20 @@ def folder_in_runs(value: str, root: Path) -> Path | None:
 
 def sidebar() -> Selection:
     """The sidebar of every page: runs folder and stores. Drawn by the entrypoint on each run,
-    so the choice survives page changes (a page-local widget's state is dropped on a switch)."""
+    so the choice survives page changes (a page-local widget's state is dropped on a switch).
+    Both are kept in the URL (``?folder=...&stores=...``, see ``workbench.app.permalink``)."""
     import streamlit as st
+
+    from workbench.app import permalink
 
     # The default goes in as the widget's value: a value put in session state before the widget
     # exists is dropped by Streamlit on the first page change.
     default = st.session_state.setdefault("_runs_default", default_runs_dir())  # one default per visit
-    value = st.sidebar.text_input("Folder of run stores", value=default, key="runs_dir",
-                                  persist_state="session",
+    value = st.sidebar.text_input("Folder of run stores", value=default, **permalink.bound(permalink.FOLDER),
                                   help="The app's runs folder or one of its sub-folders: every *.zarr store in it "
                                        "and its subfolders is listed.")
     root = Path(default).expanduser().resolve()
+    # typed or from a link's ?folder=: the same pin either way
     folder = folder_in_runs(value or default, root)
     if folder is None:  # not echoed: the text is the visitor's
         st.sidebar.error(f"That folder is outside the app's runs folder {root}; type it or one of its sub-folders.")
@@ -604,11 +607,17 @@ def sidebar() -> Selection:
     infos = {p: cached_info(p) for p in stores}
     sel = Selection(folder, stores, infos, [])
     usable = sel.usable()
+    # one URL parameter for every folder: a new folder starts on its first store
+    if st.session_state.get("_stores_folder") not in (None, str(folder)):
+        st.session_state[permalink.STORES] = usable[:1]
+    st.session_state["_stores_folder"] = str(folder)
     if usable:
+        default_pick = None if permalink.STORES in st.session_state else usable[:1]
         sel.picked = st.sidebar.multiselect(
-            "Stores", usable, default=usable[:1], key=f"stores:{folder}", persist_state="session",
+            "Stores", usable, default=default_pick, **permalink.bound(permalink.STORES),
             format_func=sel.short, help="Pages about one store show the first one picked; Random controls "
                                        "and Compare show every store picked.")
+    permalink.remember(value if folder != root else None, [sel.short(p) for p in sel.picked])
     st.session_state["selection"] = sel
     return sel
 

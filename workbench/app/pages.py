@@ -18,11 +18,13 @@ class Page:
 
 
 PAGES = (Page("runs", "Runs", ":material/folder_open:"),
+         Page("roles", "Roles", ":material/view_agenda:"),
          Page("model_map", "Model map", ":material/account_tree:"),
          Page("perplexity", "Perplexity and tasks", ":material/bar_chart:"),
          Page("layer_sweep", "Layer sweep", ":material/grid_on:"),
          Page("random_controls", "Random controls", ":material/scatter_plot:"),
          Page("compare", "Compare", ":material/compare_arrows:"),
+         Page("mediation", "Mediation", ":material/alt_route:"),
          Page("representations", "Representations", ":material/stacked_line_chart:"),
          Page("embedding_map", "Embedding map", ":material/bubble_chart:"),
          Page("report", "Report", ":material/article:"),
