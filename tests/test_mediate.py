@@ -264,3 +264,37 @@ def test_mediate_heads_in_the_store(tmp_path, tiny_store):
     names = [n for n, *_ in M.top(med, single, 3)]
     head_names = [n for n, *_ in M.top(med, single, 3, heads=True)]
     assert names and not any(".h" in n for n in names) and all(".h" in n for n in head_names)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "falcon_h1"])
+def test_prefix_reuse_equals_the_naive_loop(models, family):
+    iv, cond, ids = models[family], CONDS[family], _ids(9)
+    targets = iv.components(cond)
+    prefix = M.Prefix(iv)
+    comps = M.downstream(iv, cond)
+    clean = iv.run(ids, BASELINE, save=targets + comps + prefix.layers)
+    ablated = iv.run(ids, cond, save=targets + comps + prefix.layers)
+    gap = (clean.logits - ablated.logits).abs().max()
+    assert gap > 0
+    edits = {c: ablated.saved[c.key] for c in targets}
+    skipped = 0
+    for c in comps:
+        k = prefix.start(c.layer)
+        skipped += k
+        for run, patch in ((ablated, {**edits, c: clean.saved[c.key]}), (clean, {c: ablated.saved[c.key]})):
+            resume = (prefix, k, run.saved[prefix.layers[k - 1].key]) if k else None
+            naive = M.patched_logits(iv, ids, patch)
+            assert (M.patched_logits(iv, ids, patch, resume=resume) - naive).abs().max() <= 1e-4 * gap, c.key
+    assert skipped > 0
+
+
+def test_prefix_reuse_in_condition_nll(models):
+    iv, cond = models["qwen2"], CONDS["qwen2"]
+    ids = _ids(9, (1, 40))[0]
+    windows = rolling_windows(len(ids), 16, 8)
+    comps, fast, _ = M.condition_nll(iv, cond, ids, windows, batch_size=4, heads=True)
+    same, naive, _ = M.condition_nll(iv, cond, ids, windows, batch_size=4, heads=True, reuse=False)
+    assert [M.name(c) for c in comps] == [M.name(c) for c in same]
+    for key in naive:
+        assert np.allclose(fast[key], naive[key], atol=1e-4, rtol=0), key
+    assert not np.allclose(fast["restored"], fast["ablated"], atol=1e-3)

@@ -41,6 +41,9 @@ def mediate_cmd(
         label = str(med.label.sel(condition=cid).values)
         typer.echo(f"{label} ({cid}):")
         for what in ("recovery", "transfer"):
-            for of_heads in (False, True) if heads else (False,):
-                parts = [f"{n} {v:.2f} [{lo:.2f}, {hi:.2f}]" for n, v, lo, hi in top(med, cid, top_k, what, of_heads)]
-                typer.echo(f"  top {what}{' (heads)' if of_heads else ''}: " + "; ".join(parts))
+            for kind, of in (("", {}), (" (heads)", {"heads": True})) if heads else (("", {}),):
+                parts = [f"{n} {v:.2f} [{lo:.2f}, {hi:.2f}]" for n, v, lo, hi in top(med, cid, top_k, what, **of)]
+                typer.echo(f"  top {what}{kind}: " + "; ".join(parts))
+            by_layer = sorted(top(med, cid, med.sizes["component"], what, resid=True),
+                              key=lambda r: int(r[0].split("@")[1]))
+            typer.echo(f"  {what} by residual stream: " + "; ".join(f"{n} {v:.2f}" for n, v, *_ in by_layer))

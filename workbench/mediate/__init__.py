@@ -24,10 +24,10 @@ once for all ablated conditions, one region per condition, ``complete`` written 
 skips complete conditions.
 """
 
-from workbench.mediate.patching import (MediationError, condition_nll, downstream, fractions, name, patchable,
+from workbench.mediate.patching import (MediationError, Prefix, condition_nll, downstream, fractions, name, patchable,
                                         patched_logits)
 from workbench.mediate.group import (DEFAULT_TOKENS, GROUP, ablated_conditions, mediate, open_mediation,
                                      pick_conditions, top)
 
-__all__ = ["DEFAULT_TOKENS", "GROUP", "MediationError", "ablated_conditions", "condition_nll", "downstream",
+__all__ = ["DEFAULT_TOKENS", "GROUP", "MediationError", "Prefix", "ablated_conditions", "condition_nll", "downstream",
            "fractions", "mediate", "name", "open_mediation", "patchable", "patched_logits", "pick_conditions", "top"]

@@ -143,7 +143,8 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
     windows = _windows(protocol, scored.n_tokens, max_tokens)
     tokens = np.array([w.n_scored for w in windows], dtype=np.int64)
     key = {"corpus": scored.name, "max_tokens": max_tokens, "windows": len(windows),
-           "plan_hash": ds.attrs.get("plan_hash"), "weights_hash": ds.attrs.get("weights_hash"), "heads": heads}
+           "plan_hash": ds.attrs.get("plan_hash"), "weights_hash": ds.attrs.get("weights_hash"), "heads": heads,
+           "format": FORMAT}
     everything = ablated_conditions(plan)
     have = open_mediation(path)
     if have is not None and (overwrite or json.loads(have.attrs.get("key", "{}")) != key):
@@ -195,11 +196,13 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
     return open_mediation(path)
 
 
-def top(med: xr.Dataset, condition: str, k: int = 5, what: str = "recovery",
-        heads: bool = False) -> list[tuple[str, float, float, float]]:
-    """The ``k`` components (or heads) with the largest ``what`` for a condition: (name, value, low, high)."""
+def top(med: xr.Dataset, condition: str, k: int = 5, what: str = "recovery", heads: bool = False,
+        resid: bool = False) -> list[tuple[str, float, float, float]]:
+    """The ``k`` mixers and MLPs (or heads, or residual streams) with the largest ``what`` for a
+    condition: (name, value, low, high)."""
     row = med[what].sel(condition=condition).values.copy()
-    row[(med["component_head"].values >= 0) != heads] = np.nan
+    is_resid = med["component_role"].values == "resid"
+    row[((med["component_head"].values >= 0) != heads) | (is_resid != resid)] = np.nan
     low, high = med[f"{what}_low"].sel(condition=condition).values, med[f"{what}_high"].sel(condition=condition).values
     order = [j for j in np.argsort(-np.nan_to_num(row, nan=-np.inf)) if np.isfinite(row[j])][:k]
     return [(str(med.component.values[j]), float(row[j]), float(low[j]), float(high[j])) for j in order]
