@@ -47,7 +47,7 @@ links = permalink.carried()
 def depth_chart(card: rl.Card):
     frame = ad.clip_ratios(card.depth)
     x = alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("ratio:Q", title="ppl / baseline", scale=alt.Scale(type="log", domain=ad.log_domain(frame)),
+    y = alt.Y("ratio:Q", title="ppl / baseline", scale=alt.Scale(type="log", domain=ad.log_domain(frame), nice=False),
               axis=charts.AXIS)
     base = alt.Chart(frame).encode(x=x)
     return (base.mark_bar(color=ROLE_COLOURS.get(card.role, "#888"), width={"band": 0.6}).encode(
