@@ -2,7 +2,10 @@
 
 Tiny random models made sensitive (as in test_carry.py: larger weights, slowly decaying
 recurrent states), so that a choice continuing from a lost or wrong state scores differently;
-the negative control checks that it does.
+the negative control checks that it does. Sums agree to 1e-5 plus 1e-6 relative: float32
+rounding (summed over a long choice's tokens, e.g. 2.3e-5 on -37 nats) differs between a scan
+split at the context's end and one that is not, as per-choice scoring's own sums move with
+the batch they share (benchmarks/results/tasks.md).
 """
 
 from __future__ import annotations
@@ -82,16 +85,17 @@ def test_shared_context_equals_per_choice(family):
     inner = mc.plain_cached(model)
 
     def forward(ids, keep, kwargs):
-        seen.append(ids.shape)
+        seen.append((tuple(ids.shape), keep))
         return inner.forward(ids, keep, kwargs)
 
     got = shared(shared_context.Cached(model, forward), reqs, batch_size=2)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
     assert np.isfinite(got).all()
-    # each distinct context once: lengths 12, 9, 5 (two contexts, one batch), 3
-    contexts = [s for s in seen if s[1] in (12, 9, 5, 3) and s[0] <= 2]
-    assert sum(s[0] * s[1] for s in contexts) >= sum(len(c) for c in {r.context for r in reqs})
-    assert sum(s[0] * s[1] for s in seen) < sum(len(r.input_ids) for r in reqs)
+    # batches of contexts 12 and 9 long, 5 and 5, then 3: their common prefixes once per context,
+    # then their choices, at most 2 a forward
+    assert [s for s, keep in seen if keep == 1] == [(2, 8), (2, 4), (1, 2)]
+    assert [s[0] for s, keep in seen if keep == 0] == [2, 2, 2, 2, 2, 2, 2, 1, 2, 1]
+    assert sum(s[0] * s[1] for s, _ in seen) < sum(len(r.input_ids) for r in reqs)
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1", "lfm2"])
@@ -134,7 +138,7 @@ def test_ablated_shared_context_equals_ablated_per_choice(family, role, layer, m
     ref = per_choice(lambda ids, _r: iv.run(ids, cond, **kw).logits, reqs, batch_size=4)
     fired: list = []
     got = shared(_intervened(iv, cond, fired, **kw), reqs, batch_size=3)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
     assert fired and all(f == [f"{role}@{layer}"] for f in fired)  # the edit fired in every forward
     clean = per_choice(mc.plain_forward(model), reqs, batch_size=4)
     assert np.abs(ref - clean).max() > 1e-3  # the ablation changed something
@@ -168,20 +172,24 @@ def test_truncated_items_fall_back_to_per_choice():
     per_rows = []
     got = mc.score_requests_multi(lambda ids, r: (per_rows.extend(r), [fwd(ids, r)])[1], 1, reqs, batch_size=4,
                                   max_length=limit, cached=mc.plain_cached(model))[0]
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
     assert {r.context for r in per_rows} == {longest.context}
     assert sorted(per_rows, key=lambda r: r.choice) == [r for r in reqs if r.context == longest.context]
 
 
 def test_forward_tokens_and_batches():
     reqs = requests()
-    n_shared = shared_context.forward_tokens(reqs)
     contexts = {r.context for r in reqs}
-    assert n_shared == sum(map(len, contexts)) + sum(len(r.continuation) - 1 for r in reqs)
-    assert n_shared < sum(len(r.input_ids) for r in reqs)
     batches = shared_context.context_batches(reqs, 2)
-    assert [[len(c) for c in b] for b in batches] == [[12], [9], [5, 5], [3]]
+    assert [[len(c) for c in b] for b in batches] == [[12, 9], [5, 5], [3]]  # lengths within 8, 2 a batch
     assert sorted(c for b in batches for c in b) == sorted(contexts)
+    assert [[len(c) for c in b] for b in shared_context.context_batches(reqs, 4)] == [[12, 9, 5, 5], [3]]
+    # a batch's shortest length but one runs once per context, the rest with each choice
+    common = {c: len(b[-1]) - 1 for b in batches for c in b}
+    n_shared = shared_context.forward_tokens(reqs, 2)
+    assert n_shared == (sum(common.values())
+                        + sum(len(r.context) - common[r.context] + len(r.continuation) - 1 for r in reqs))
+    assert n_shared < sum(len(r.input_ids) for r in reqs)
 
 
 def test_score_tasks_shared_equals_per_choice():
@@ -197,7 +205,7 @@ def test_score_tasks_shared_equals_per_choice():
     ref = mc.score_tasks(fwd, tok, tasks, items, batch_size=8)
     got = mc.score_tasks(lambda ids, r: pytest.fail("scored per choice"), tok, tasks, items, batch_size=8,
                          cached=mc.plain_cached(model))
-    np.testing.assert_allclose(got.loglik.values, ref.loglik.values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.loglik.values, ref.loglik.values, rtol=1e-6, atol=1e-5)
     np.testing.assert_array_equal(got.correct.values, ref.correct.values)
 
 
@@ -237,6 +245,6 @@ def test_run_plan_shared_context_equals_per_choice(tmp_path, family, monkeypatch
     fast = run_plan(loaded, plan, [corpus], tmp_path / "fast.zarr", group_size=2, **kw)
     assert calls and len(calls) < -(-len(conds) // 2)  # groups shared but those holding a resample
     for got in (naive, fast):
-        np.testing.assert_allclose(got["loglik"].values, old["loglik"].values, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got["loglik"].values, old["loglik"].values, rtol=1e-6, atol=1e-5)
         np.testing.assert_array_equal(got["correct"].values, old["correct"].values)
         assert got["qc_fired"].values.all()

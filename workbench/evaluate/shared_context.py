@@ -1,12 +1,13 @@
 """Multiple choice with each item's context run once, every choice scored from its cache.
 
 Per-choice scoring (``multiple_choice.score_requests``) forwards context + choice for every
-choice, so a 4-choice item reads its context 4 times. Here each distinct context is forwarded
-once, batched with contexts of the same length (so no padding ever enters a recurrent state);
-its last logits score every choice's first token. Its cache (attention KV, and the conv /
-SSM / delta-rule states of recurrent mixers) is then copied once per choice, and the choices'
-remaining tokens continue from it, right-padded (every model here is causal, so padding after a
-choice cannot change its logits). The sums equal per-choice scoring up to float rounding
+choice, so a 4-choice item reads its context 4 times. Here contexts of similar lengths are
+batched (``context_batches``) and their first ``common`` tokens (the batch's shortest length
+but one) forwarded once per context, without padding, so no pad ever enters a recurrent state.
+That cache (attention KV, and the conv / SSM / delta-rule states of recurrent mixers) is then
+copied once per choice, and each choice continues from it with the rest of its context and its
+own tokens, right-padded (every model here is causal, so padding after a row cannot change its
+logits). The sums equal per-choice scoring up to float rounding
 (``tests/test_shared_context.py``: every family the carry protocol supports, every mode but
 resample, under the naive loop and the fast path).
 
@@ -62,23 +63,59 @@ def split(requests: list, max_length: int | None) -> tuple[list[int], list[int]]
     return shared, [i for i, r in enumerate(requests) if r.context in long]
 
 
+def slack(length: int) -> int:
+    """Most tokens a batch's shortest context may lack against its longest: those tail tokens are
+    run again with each choice, a cost traded for fewer, fuller forwards (each has a fixed cost)."""
+    return max(8, length // 4)
+
+
 def context_batches(requests: list, batch_size: int) -> list[list[tuple]]:
-    """Distinct contexts in batches of at most ``batch_size``, each batch of one length, longest first."""
+    """Distinct contexts, longest first, in batches of at most ``batch_size`` whose lengths differ
+    by at most ``slack`` of the longest."""
     contexts = sorted({r.context for r in requests}, key=lambda c: (-len(c), c))
     out: list[list[tuple]] = []
     for ctx in contexts:
-        if out and len(out[-1]) < batch_size and len(out[-1][0]) == len(ctx):
+        if out and len(out[-1]) < batch_size and len(out[-1][0]) - len(ctx) <= slack(len(out[-1][0])):
             out[-1].append(ctx)
         else:
             out.append([ctx])
     return out
 
 
-def forward_tokens(requests: list) -> int:
-    """Token positions a shared-context pass forwards (each context once, each choice's tokens
-    after the first), padding not counted."""
-    return (sum(len(c) for c in {r.context for r in requests})
-            + sum(len(r.continuation) - 1 for r in requests))
+def _score_tails(cached, carrier, caches, rows, parent, tails, requests, common, pad_id, device, out) -> None:
+    """One forward of ``rows`` (request indices) from their contexts' cached states."""
+    index = torch.tensor([parent[i] for i in rows], dtype=torch.long, device=device)
+    caches = [own_copy(cache) for cache in caches]
+    for cache in caches:
+        cache.reorder_cache(index)  # row r: its context's state
+    width = max(len(tails[i]) for i in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for row, i in enumerate(rows):
+        ids[row, :len(tails[i])] = torch.tensor(tails[i], dtype=torch.long)
+    ids = ids.to(device)
+    kwargs = [carrier.forward_kwargs(c, common, common, len(rows), width, ids.device) for c in caches]
+    for lane, logits in enumerate(cached.forward(ids, 0, kwargs)):
+        if logits is None:
+            continue
+        for row, i in enumerate(rows):
+            cont, n_ids = requests[i].continuation, len(tails[i])
+            logp = F.log_softmax(logits[row, n_ids - len(cont):n_ids].float(), dim=-1)
+            target = torch.tensor(cont, dtype=torch.long, device=logp.device)
+            out[lane, i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
+
+
+def forward_tokens(requests: list, batch_size: int = 16) -> int:
+    """Token positions a shared-context pass forwards (padding not counted): each batch's common
+    prefix once per context, then each choice with its context's tail and its tokens but the last."""
+    by_context: dict[tuple, list] = {}
+    for r in requests:
+        by_context.setdefault(r.context, []).append(r)
+    total = 0
+    for batch in context_batches(requests, batch_size):
+        common = len(batch[-1]) - 1
+        total += common * len(batch)
+        total += sum(len(ctx) - common + len(r.continuation) - 1 for ctx in batch for r in by_context[ctx])
+    return total
 
 
 def own_copy(cache):
@@ -100,37 +137,45 @@ def score_shared(cached: Cached, n: int, requests: list, batch_size: int = 16, p
     for i, r in enumerate(requests):
         by_context.setdefault(r.context, []).append(i)
     for batch in context_batches(requests, batch_size):
-        length = len(batch[0])
-        ids = torch.tensor(batch, dtype=torch.long, device=device)
+        # the batch's common length but one token runs once per context; the rest of each context
+        # runs with each of its choices, so every prediction comes from one forward of equal rows
+        common = len(batch[-1]) - 1
         caches = [carrier.new_cache() for _ in range(cached.lanes)]
-        kwargs = [carrier.forward_kwargs(c, 0, 0, len(batch), length, ids.device) for c in caches]
-        last = [None if x is None else x[:, -1].float() for x in cached.forward(ids, 1, kwargs)]
+        if common:
+            ids = torch.tensor([c[:common] for c in batch], dtype=torch.long, device=device)
+            kwargs = [carrier.forward_kwargs(c, 0, 0, len(batch), common, ids.device) for c in caches]
+            cached.forward(ids, 1, kwargs)  # only the caches are wanted
         rows = [i for ctx in batch for i in by_context[ctx]]
-        parent = [b for b, ctx in enumerate(batch) for _ in by_context[ctx]]
-        conts = [requests[i].continuation for i in rows]
-        width = max(len(c) for c in conts) - 1
-        rest: list = [None] * n
-        if width:  # choices of more than one token continue from their context's cache
-            index = torch.tensor(parent, dtype=torch.long)
-            caches = [own_copy(cache) for cache in caches]
-            for cache in caches:
-                cache.reorder_cache(index)  # row r: its context's state
-            tail = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            for row, cont in enumerate(conts):
-                tail[row, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-            tail = tail.to(device)
-            kwargs = [carrier.forward_kwargs(c, length, length, len(rows), width, tail.device) for c in caches]
-            rest = cached.forward(tail, 0, kwargs)
-        for lane in range(n):
-            if last[lane] is None:
-                continue
-            for row, (i, cont) in enumerate(zip(rows, conts)):
-                pred = last[lane][parent[row]][None]
-                if len(cont) > 1:
-                    pred = torch.cat([pred, rest[lane][row, :len(cont) - 1].float()])
-                logp = F.log_softmax(pred, dim=-1)
-                target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-                out[lane, i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
+        parent = {i: b for b, ctx in enumerate(batch) for i in by_context[ctx]}
+        tails = {i: requests[i].context[common:] + requests[i].continuation[:-1] for i in rows}
+        # the choices longest first, in forwards of at most batch_size rows (as per-choice scoring
+        # batches its requests): little padding, each forward with its own copy of the caches
+        rows.sort(key=lambda i: -len(tails[i]))
+        for k in range(0, len(rows), batch_size):
+            part = rows[k:k + batch_size]
+            _score_tails(cached, carrier, caches, part, parent, tails, requests, common, pad_id, device, out)
         if progress:
             progress(len(rows) * n)
     return out
+
+
+def _score_tails(cached, carrier, caches, rows, parent, tails, requests, common, pad_id, device, out) -> None:
+    """One forward of ``rows`` (request indices) from their contexts' cached states."""
+    index = torch.tensor([parent[i] for i in rows], dtype=torch.long, device=device)
+    caches = [own_copy(cache) for cache in caches]
+    for cache in caches:
+        cache.reorder_cache(index)  # row r: its context's state
+    width = max(len(tails[i]) for i in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for row, i in enumerate(rows):
+        ids[row, :len(tails[i])] = torch.tensor(tails[i], dtype=torch.long)
+    ids = ids.to(device)
+    kwargs = [carrier.forward_kwargs(c, common, common, len(rows), width, ids.device) for c in caches]
+    for lane, logits in enumerate(cached.forward(ids, 0, kwargs)):
+        if logits is None:
+            continue
+        for row, i in enumerate(rows):
+            cont, n_ids = requests[i].continuation, len(tails[i])
+            logp = F.log_softmax(logits[row, n_ids - len(cont):n_ids].float(), dim=-1)
+            target = torch.tensor(cont, dtype=torch.long, device=logp.device)
+            out[lane, i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
