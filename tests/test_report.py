@@ -376,3 +376,85 @@ def test_demo_sized_study_prints_no_interval_and_no_verdict(tmp_path):
     assert not re.findall(r"\[-?\d[\d.,e+]*, -?\d", text), re.findall(r".{60}\[-?\d[\d.,e+]*, -?\d.{20}", text)
     verdicts = {f["verdict"] for f in json.loads((folder / "summary.json").read_text())["findings"]}
     assert verdicts <= {rp.UNDERPOWERED, rp.CANNOT}
+
+
+def _mediation(n_windows: int = 30, lin=("mlp@11", 0.6, "attention@11", 0.2), att=("linear_attention@8", 0.5, "mlp@9", 0.2),
+               complete=(True, True)) -> xr.Dataset:
+    """A synthetic mediation group for ``hybrid()``: recovery of each later component of g-att and g-lin;
+    ``lin``/``att``: (best component, value, runner-up, value), every other later component 0.05."""
+    comps = []
+    for layer in range(N_LAYERS):
+        comps += [(f"{'attention' if layer in ATT else 'linear_attention'}@{layer}", layer),
+                  (f"mlp@{layer}", layer), (f"resid@{layer}", layer)]
+    names = [c for c, _ in comps]
+    roles = [c.split("@")[0] for c in names]
+    rec = np.full((2, len(names)), np.nan)
+    for i, (cid, first, spec) in enumerate((("g-att", ATT[0], att), ("g-lin", LIN[0], lin))):
+        rec[i, [j for j, (_, layer) in enumerate(comps) if layer > first]] = 0.05
+        for name, value in zip(spec[::2], spec[1::2]):
+            rec[i, names.index(name)] = value
+    rec[:, [j for j, r in enumerate(roles) if r == "resid"]] = 1.0
+    ci = lambda d: rec + d if n_windows >= 4 else rec * np.nan  # noqa: E731
+    return xr.Dataset(
+        {"recovery": (("condition", "component"), rec), "recovery_low": (("condition", "component"), ci(-0.05)),
+         "recovery_high": (("condition", "component"), ci(0.05)), "transfer": (("condition", "component"), rec),
+         "transfer_low": (("condition", "component"), ci(-0.05)), "transfer_high": (("condition", "component"), ci(0.05)),
+         "complete": ("condition", np.array(complete)), "window_tokens": ("window", np.full(n_windows, 256))},
+        coords={"condition": ["g-att", "g-lin"], "label": ("condition", ["attention off", "linear off"]),
+                "component": names, "component_layer": ("component", [layer for _, layer in comps]),
+                "component_role": ("component", roles), "component_head": ("component", np.full(len(names), -1))})
+
+
+def _mediation_section(tmp_path, med: xr.Dataset | None) -> tuple[str, dict]:
+    """The section and its summary numbers for ``hybrid()`` with ``med`` stored beside it (no figures)."""
+    path = tmp_path / "hybrid.zarr"
+    if med is not None:
+        med.to_zarr(path, group="mediation", zarr_format=2, consolidated=False)
+    m = rp.mediation_result(path, hybrid())
+    return "\n".join(rp._mediation_section(m, False)), m
+
+
+@pytest.mark.slow  # a whole report with figures: ~20 s on a loaded machine
+def test_through_what_it_matters_in_the_report_and_summary_json(tmp_path):
+    folder = tmp_path / "study"
+    _write_study(folder, {"hybrid": hybrid()})
+    _mediation().to_zarr(folder / "hybrid.zarr", group="mediation", zarr_format=2, consolidated=False)
+    section = rp.write_report(folder).read_text().split("### Through what it matters")[1].split("###")[0]
+    summary = json.loads((folder / "summary.json").read_text())["models"]["hybrid"]["mediation"]
+    assert "damage is carried by: mainly MLP" in section
+    assert summary["computed"] and summary["windows"] == 30 and summary["underpowered"] is None
+    assert summary["groups"]["linear_attention"]["top"][0] == {
+        "component": "mlp@11", "role": "mlp", "recovery": 0.6, "low": pytest.approx(0.55), "high": pytest.approx(0.65)}
+
+
+def test_through_what_it_matters_answers_both_questions(tmp_path):
+    section, summary = _mediation_section(tmp_path / "a", _mediation())
+    assert "| linear attention (GDN) | mlp@11 0.60 [0.55, 0.65], attention@11 0.20 [0.15, 0.25], " in section
+    assert "resid@" not in section.split("| group removed")[1]  # recovers everything by construction: left out
+    assert "damage is carried by: mainly MLP" in section
+    assert "mediated by the linear mixers? yes, mainly through the linear mixers: restoring the best later " \
+           "linear mixer (linear_attention@8) recovers 0.50 [0.45, 0.55]" in section
+    g = summary["groups"]
+    assert summary["computed"] and summary["windows"] == 30 and summary["underpowered"] is None
+    assert g["linear_attention"]["top"][0] == {"component": "mlp@11", "role": "mlp", "recovery": 0.6,
+                                               "low": pytest.approx(0.55), "high": pytest.approx(0.65)}
+    assert g["linear_attention"]["carried_by"]["verdict"] == "clear" and g["attention"]["via_linear"]["verdict"] == rp.HOLDS
+    # reversed: attention's damage travels through an MLP, not the linear mixers
+    section, m = _mediation_section(tmp_path / "b", _mediation(att=("mlp@9", 0.7, "linear_attention@8", 0.1)))
+    assert m["groups"]["attention"]["via_linear"]["verdict"] == rp.NOT and "no, mainly through other" in section
+    # overlapping intervals: no verdict
+    section, m = _mediation_section(tmp_path / "c", _mediation(lin=("mlp@11", 0.3, "attention@11", 0.28)))
+    assert m["groups"]["linear_attention"]["carried_by"]["verdict"] == rp.UNDECIDED
+    assert "no kind stands out at this precision" in section
+
+
+def test_through_what_it_matters_underpowered_and_not_computed(tmp_path):
+    section, m = _mediation_section(tmp_path / "a", _mediation(n_windows=3))
+    assert "**Underpowered** (3 window(s) patched, under 20)" in section and "[" not in section.split("| group")[1]
+    assert m["groups"]["attention"]["via_linear"]["verdict"] == rp.UNDERPOWERED
+    assert "damage is carried by: underpowered: best MLP mlp@11 recovers 0.60" in section
+    section, m = _mediation_section(tmp_path / "b", None)
+    command = f"workbench mediate {tmp_path / 'b' / 'hybrid.zarr'}"
+    assert f"Not computed: run `{command}`" in section and m == {"computed": False, "command": command}
+    section, m = _mediation_section(tmp_path / "c", _mediation(complete=(False, False)))
+    assert "None of the study's groups (component only) is mediated yet" in section and m["groups"] == {}

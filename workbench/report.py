@@ -795,6 +795,7 @@ def write_report(folder: str | Path, log=None) -> Path:
     for m, ds in stores.items():
         try:
             results[m] = analyse(ds, comps[m])
+            results[m]["mediation"] = mediation_result(folder / f"{slug(m)}.zarr", ds)
         except ReportError as exc:  # no baseline yet: nothing of this model can be compared
             unusable.append(f"{m}: {exc}; left out of the report")
     if not results:
@@ -919,6 +920,7 @@ def _model_section(model, r, ds, folder, figures, s, found, control=None) -> lis
     if r["compression"]:
         lines += _compression_section(model, r, figures, s)
     lines += _why_section(folder / f"{s}.zarr", ds, r)
+    lines += _mediation_section(r.get("mediation"), r["transformer"])
     if found:
         lines += [f"### Verdicts for {model}", ""] + [f.line() for f in found] + [""]
     return lines
@@ -1083,6 +1085,138 @@ def _why_section(store_path: Path, ds: xr.Dataset, r: dict) -> list[str]:
     return lines + [""]
 
 
+# --- through what it matters (the store's mediation group) ----------------------------------
+
+def _med_rows(table, cid: str, k: int, resid: bool = False) -> list[dict]:
+    from workbench.app import mediation as md
+
+    return [{"component": str(row["component"]), "role": str(row["role"]), "recovery": row["value"],
+             "low": row["low"], "high": row["high"]} for _, row in md.top(table, cid, k, resid).iterrows()]
+
+
+def _med_text(rows: list[dict], powered: bool) -> str:
+    if not rows:
+        return "no later component"
+    return ", ".join(f"{x['component']} " + (_ci((x['recovery'], x['low'], x['high'])) if powered
+                                              else _fmt(x['recovery'])) for x in rows)
+
+
+def _by_kind(rows: list[dict]) -> dict[str, dict]:
+    """The best-recovering component of each role among ``rows`` (already sorted, best first)."""
+    out = {}
+    for x in rows:
+        out.setdefault(x["role"], x)
+    return out
+
+
+def _carry_answer(rows: list[dict], powered: bool) -> tuple[str, str]:
+    """(verdict, sentence): which kind of later component carries a linear-mixer group's damage."""
+    kinds = _by_kind(rows)
+    if not kinds:
+        return "n/a", "no later mixer or MLP is downstream of the removal"
+    best = next(iter(kinds.values()))
+    text = "; ".join(f"best {MIXER_NAMES.get(role, role)} {x['component']} recovers {_fmt(x['recovery'])}"
+                     for role, x in kinds.items())
+    if not powered:
+        return UNDERPOWERED, text
+    rest = [x for role, x in kinds.items() if role != best["role"]]
+    if not rest or all(best["low"] > x["high"] for x in rest):
+        return "clear", f"mainly {MIXER_NAMES.get(best['role'], best['role'])} ({text})"
+    return UNDECIDED, f"no kind stands out at this precision ({text})"
+
+
+def _via_linear_answer(rows: list[dict], powered: bool) -> tuple[str, str]:
+    """(verdict, sentence): is the attention group's damage carried by the later linear mixers."""
+    kinds = _by_kind(rows)
+    lin = [x for role, x in kinds.items() if role in ("linear_attention", "ssm")]
+    other = [x for role, x in kinds.items() if role not in ("linear_attention", "ssm")]
+    if not lin:
+        return "n/a", "no linear mixer comes after the attention layers removed"
+    best_lin = max(lin, key=lambda x: x["recovery"])
+    text = (f"restoring the best later linear mixer ({best_lin['component']}) recovers "
+            f"{_ci((best_lin['recovery'], best_lin['low'], best_lin['high'])) if powered else _fmt(best_lin['recovery'])}"
+            + "".join(f", the best {MIXER_NAMES.get(x['role'], x['role'])} ({x['component']}) "
+                      + (_ci((x['recovery'], x['low'], x['high'])) if powered else _fmt(x['recovery'])) for x in other))
+    if not powered:
+        return UNDERPOWERED, text
+    if all(best_lin["low"] > x["high"] for x in other):
+        return HOLDS, f"yes, mainly through the linear mixers: {text}"
+    if other and best_lin["high"] < max(x["low"] for x in other):
+        return NOT, f"no, mainly through other components: {text}"
+    return UNDECIDED, f"undecided at this precision: {text}"
+
+
+def mediation_result(store_path: Path, ds: xr.Dataset, k: int = 5) -> dict:
+    """The numbers of "Through what it matters" for one store: per group (zero) condition the top
+    recovering components and heads with intervals, and the two answers."""
+    from workbench.app import mediation as md
+
+    command = md.HINT.format(path=store_path)
+    try:
+        med = md.read_mediation(store_path)
+        med = med.load() if med is not None else None
+    except Exception as exc:  # a damaged group: say so rather than fail the report
+        return {"computed": False, "command": command, "error": str(exc).splitlines()[0][:160] if str(exc) else ""}
+    if med is None:
+        return {"computed": False, "command": command}
+    n = md.windows(med)
+    table, heads = md.frame(med), md.frame(med, heads=True)
+    powered = n >= MIN_WINDOWS and bool(np.isfinite(table["low"]).any())
+    out = {"computed": True, "command": command, "windows": n, "tokens": md.tokens(med),
+           "underpowered": None if powered else f"{n} window(s) patched, under {MIN_WINDOWS}"
+           if n < MIN_WINDOWS else "no intervals", "groups": {}}
+    for role, cid in md.group_conditions(med, ds).items():
+        rows = _med_rows(table, cid, 10 ** 6)
+        out["groups"][role] = {"condition": cid, "label": str(med["label"].sel(condition=cid).values),
+                               "top": rows[:k], "top_heads": _med_rows(heads, cid, k)}
+        if role in ("linear_attention", "ssm"):
+            out["groups"][role]["carried_by"] = dict(zip(("verdict", "answer"), _carry_answer(rows, powered)))
+        if role == "attention":
+            out["groups"][role]["via_linear"] = dict(zip(("verdict", "answer"), _via_linear_answer(rows, powered)))
+    return out
+
+
+def _mediation_section(m: dict | None, transformer: bool) -> list[str]:
+    lines = ["### Through what it matters", ""]
+    if not m or not m["computed"]:
+        why = f" (the stored group could not be read: {m['error']})" if m and m.get("error") else ""
+        cmd = m["command"] if m else "workbench mediate STORE"
+        return lines + [f"Not computed{why}: run `{cmd}` to patch each later component back into the "
+                        "ablated run.", ""]
+    from workbench.app.mediation import WHAT
+
+    lines += [f"Activation patching on {m['tokens']} token(s) ({m['windows']} window(s)); "
+              f"{WHAT['recovery']}. The residual stream is left out of the tables (restoring it after the last "
+              "removed layer recovers everything by construction).", ""]
+    if m["underpowered"]:
+        lines += [f"**Underpowered** ({m['underpowered']}): point values only, not evidence; rerun "
+                  f"`{m['command']} --max-tokens N --overwrite` with more tokens.", ""]
+    if not m["groups"]:
+        return lines + ["None of the study's groups (component only) is mediated yet: run "
+                        f"`{m['command']}`.", ""]
+    powered = not m["underpowered"]
+    lines += ["| group removed | top recovering components | top heads |", "|---|---|---|"]
+    for role, g in m["groups"].items():
+        lines.append(f"| {MIXER_NAMES.get(role, role)} | {_med_text(g['top'], powered)} | "
+                     f"{_med_text(g['top_heads'], powered) if g['top_heads'] else 'not patched (--heads)'} |")
+    lines.append("")
+    linear = [r for r in m["groups"] if r in ("linear_attention", "ssm")]
+    for role in linear:
+        a = m["groups"][role]["carried_by"]
+        lines.append(f"- When the linear mixers ({MIXER_NAMES[role]}) are removed, the damage is carried by: "
+                     f"{'underpowered: ' if a['verdict'] == UNDERPOWERED else ''}{a['answer']}.")
+    if not linear and not transformer:
+        lines.append("- When the linear mixers are removed: not computed: run "
+                     f"`{m['command']}` (their group is not mediated).")
+    if "attention" in m["groups"] and not transformer:
+        a = m["groups"]["attention"]["via_linear"]
+        lines.append("- Is attention's contribution mediated by the linear mixers? "
+                     f"{'underpowered: ' if a['verdict'] == UNDERPOWERED else ''}{a['answer']}.")
+    elif not transformer:
+        lines.append(f"- Is attention's contribution mediated by the linear mixers? not computed: run `{m['command']}`.")
+    return lines + [""]
+
+
 def _summary_table(results: dict) -> list[str]:
     lines = ["## Summary", "", "| model | baseline ppl | windows | group (zero) | group (skip_layer) | early/late |",
              "|---|---:|---:|---|---|---|"]
@@ -1161,6 +1295,7 @@ def _summary_json(results: dict, found: list[Finding], res_rows: list[dict], mis
                             **dict(zip(("ppl_early_late", "ppl_early_late_low", "ppl_early_late_high"), _ppl_early_late(v)))})
                        for k, v in r["thirds"].items()},
             "tasks": r["tasks"],
+            "mediation": r.get("mediation"),
             "compression": {f: {f"within_{int(t * 100)}pct": _removable_ci(per, t) for t in (0.05, 0.1, 0.25)}
                             | {"measured": len(per["importance"]), "of": per.get("importance_planned")}
                             for f, per in r["compression"].items() if "importance" in per}}
