@@ -87,7 +87,8 @@ ad.warn_store(sel, path)
 diag = diagnostics(path, stamps[path])
 options = dg.condition_choices(diag)
 labels = list(options)
-default = labels[: min(4, len(labels))]
+linked = [x for x in labels if options[x] == st.query_params.get("condition")]  # a link from Mediation
+default = list(dict.fromkeys(labels[:1] + linked)) if linked else labels[: min(4, len(labels))]
 chosen_labels = st.multiselect("Conditions", labels, default=default, key=f"repr_conds:{path}")
 chosen = [options[x] for x in chosen_labels] or [options[labels[0]]]
 scale = colour([dg.labels_of(diag)[c] for c in chosen])

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from test_app import TEXT, _env, widget
 from workbench.app import mediation as md
@@ -31,6 +32,7 @@ def runs(tmp_path_factory):
     heads; runs/bare.zarr: the same store before mediation."""
     from workbench import cli
     from workbench.mediate import mediate
+    from workbench.store import open_store
 
     folder = tmp_path_factory.mktemp("mediation")
     corpus = folder / "tale.txt"
@@ -46,10 +48,16 @@ def runs(tmp_path_factory):
         sys.argv = old
     shutil.copytree(store, folder / "runs" / "bare.zarr")
     mediate(store, max_tokens=64, heads=True, n_boot=50)
+    ds = open_store(store)  # a small diagnostics group, for the Representations page the links open
+    layers = np.arange(-1, int(ds.attrs["n_layers"]))
+    cka = np.random.default_rng(0).uniform(0.3, 0.99, (ds.sizes["condition"], len(layers)))
+    xr.Dataset({"cka_linear": (("condition", "layer"), cka)},
+               coords={"condition": ds.condition.values, "label": ("condition", ds.label.values), "layer": layers}
+               ).to_zarr(str(store), group="diagnostics", mode="w", consolidated=False, zarr_format=2)
     return folder / "runs"
 
 
-def open_page(runs: Path, store: str, params: dict | None = None) -> AppTest:
+def open_page(runs: Path, store: str, params: dict | None = None, page: str = "mediation") -> AppTest:
     old, sys.argv = sys.argv, ["streamlit_app.py", "--runs", str(runs)]
     try:
         at = AppTest.from_file(ENTRY, default_timeout=120)
@@ -57,7 +65,7 @@ def open_page(runs: Path, store: str, params: dict | None = None) -> AppTest:
         for k, v in (params or {}).items():
             at.query_params[k] = v
         at.run()
-        at.switch_page("app_pages/mediation.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     finally:
         sys.argv = old
     return at
@@ -113,6 +121,11 @@ def test_page_draws_matrices_bars_heads_and_links_to_representations(runs):
     assert links[0][1]["stores"] == ["q35"]
     at.toggle[0].set_value(False).run()  # hide the residual stream
     assert "resid@" not in " ".join(specs(at)[0]["encoding"]["x"]["sort"])
+    # the link opens Representations on that condition (beside the baseline)
+    label = str(md.read_mediation(runs / "q35.zarr")["label"].sel(condition=cid).values)
+    rep = open_page(runs, "q35", {"condition": cid}, page="representations")
+    assert not rep.exception, rep.exception
+    assert widget(rep, "multiselect", "Conditions").value == ["baseline (no ablation)", label]
 
 
 def test_page_without_mediation_names_the_command(runs):
