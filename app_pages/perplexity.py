@@ -71,7 +71,7 @@ else:
                 base.mark_text(align="right", dx=-4, fontSize=10).encode(x="ratio:Q", text="overflow_text:N"),
                 alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(x=alt.datum(1.0)),
                 data=groups).transform_filter(alt.datum.mode_title == title).properties(height=alt.Step(30),
-                                                                                         width=380)
+                                                                                         width=280)
             panels.append(layer.facet(row=alt.Row("corpus:N", title=None,
                                                   header=alt.Header(labelAngle=0, labelAlign="left")),
                                       title=title))
