@@ -4,8 +4,9 @@ and permalinks (the sidebar's folder and stores and a page's choices in the URL)
 from __future__ import annotations
 
 import shutil
-from urllib.parse import parse_qs
+import sys
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -65,8 +66,6 @@ def store(tmp_path_factory):
 
 def open_app(runs: Path, page: str | None = "roles", params: dict | None = None) -> AppTest:
     """The app on ``--runs runs`` as a link with ``params`` opens it (on ``page``)."""
-    import sys
-
     old, sys.argv = sys.argv, ["streamlit_app.py", "--runs", str(runs)]
     try:
         at = AppTest.from_file(ENTRY, default_timeout=120)
