@@ -138,7 +138,7 @@ def score_shared(cached: Cached, n: int, requests: list, batch_size: int = 16, p
         by_context.setdefault(r.context, []).append(i)
     for batch in context_batches(requests, batch_size):
         # the batch's common length but one token runs once per context; the rest of each context
-        # runs with each of its choices, so every prediction comes from one forward of equal rows
+        # runs with each of its choices, so each choice's predictions all come from its own row
         common = len(batch[-1]) - 1
         caches = [carrier.new_cache() for _ in range(cached.lanes)]
         if common:
