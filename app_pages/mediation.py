@@ -60,12 +60,12 @@ def matrix(what: str):
     m = max(m, 1.0)
     chart = alt.Chart(table).mark_rect().encode(
         x=alt.X("component:N", sort=order, title="restored component (by layer)" if what == "recovery"
-                else "corrupted component (by layer)", axis=alt.Axis(labelAngle=-60)),
+                else "corrupted component (by layer)", axis=alt.Axis(labelAngle=-90, labelOverlap=False)),
         y=alt.Y("label:N", title="ablated condition", axis=alt.Axis(labelLimit=320)),
         color=alt.Color("value:Q", title=what, scale=alt.Scale(scheme="redblue", domain=[-m, m], domainMid=0)),
         tooltip=["label", "component", alt.Tooltip("value:Q", format=".3f", title=what),
                  alt.Tooltip("low:Q", format=".3f", title="95% low"), alt.Tooltip("high:Q", format=".3f", title="95% high")],
-    ).properties(height=max(80, 28 * table["label"].nunique()))
+    ).properties(height=alt.Step(36), width=alt.Step(30))  # steps: the axes' labels never squeeze the cells
     return chart, table
 
 
@@ -87,7 +87,8 @@ top = md.top(md.frame(med, what), cid, int(k), resid)
 if top.empty:
     st.info("No component is downstream of this condition's removal.")
 else:
-    base = alt.Chart(top).encode(y=alt.Y("component:N", sort=list(top["component"]), title=None))
+    base = alt.Chart(top).encode(y=alt.Y("component:N", sort=list(top["component"]), title=None,
+                                         axis=alt.Axis(labelOverlap=False)))
     bars = (base.mark_bar().encode(
                 x=alt.X("value:Q", title=what),
                 color=alt.Color("role:N", scale=scale(COLOURS, list(top["role"])), legend=alt.Legend(**charts.LEGEND)),
@@ -96,7 +97,7 @@ else:
                          alt.Tooltip("high:Q", format=".3f", title="95% high")])
             + base.mark_rule(color="black").encode(x="low:Q", x2="high:Q")
             + alt.Chart(top.iloc[:1]).mark_rule(strokeDash=[4, 4], color="gray").encode(x=alt.datum(0)))
-    charts.show(bars.properties(height=22 * len(top) + 40), f"top {what} {labels[cid]}", top)
+    charts.show(bars.properties(height=26 * len(top) + 90), f"top {what} {labels[cid]}", top)
     if not np.isfinite(top["low"]).any():
         st.caption("No intervals: the patched windows form a single bootstrap block; rerun with more "
                    f"`--max-tokens` (`{md.HINT.format(path=path)} --max-tokens 8192 --overwrite`).")
@@ -105,20 +106,21 @@ heads = md.frame(med, what, heads=True)
 heads = heads[heads["condition"] == cid]
 if md.components(med, heads=True):
     st.subheader("Heads, per layer")
-    st.caption(f"{what} of each head restored (or corrupted) on its own: its slice of the output projection's "
-               "input. Heads do not add up to their component in loss; each is a separate run.")
+    st.caption(f"{what.capitalize()} of each head restored (or corrupted) on its own: its slice of the output "
+               "projection's input. Heads do not add up to their component in loss; each is a separate run. Colours "
+               "span the largest head's value either side of 0.")
     if heads.empty:
         st.info("No head is downstream of this condition's removal.")
     for role in [r for r in md.ROLE_ORDER if r in set(heads["role"])]:
         part = heads[heads["role"] == role]
-        m = max(1.0, float(np.nanmax(np.abs(part["value"]))))
+        m = max(0.05, float(np.nanmax(np.abs(part["value"]))))  # heads are small: scale to the largest
         chart = alt.Chart(part).mark_rect().encode(
-            x=alt.X("head:O", title="head"), y=alt.Y("layer:O", title="layer"),
+            x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)), y=alt.Y("layer:O", title="layer"),
             color=alt.Color("value:Q", title=what, scale=alt.Scale(scheme="redblue", domain=[-m, m], domainMid=0)),
             tooltip=["component", alt.Tooltip("value:Q", format=".3f", title=what),
                      alt.Tooltip("low:Q", format=".3f", title="95% low"),
                      alt.Tooltip("high:Q", format=".3f", title="95% high")],
-        ).properties(title=role, height=max(60, 24 * part["layer"].nunique()))
+        ).properties(title=role, height=alt.Step(30), width=alt.Step(40))
         charts.show(chart, f"{what} heads {role} {labels[cid]}", part)
 else:
     st.caption(f"Heads not patched: rerun `{md.HINT.format(path=path)} --heads --overwrite` for per-head heatmaps.")
