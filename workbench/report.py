@@ -11,6 +11,12 @@ precision``, or ``underpowered`` where the numbers cannot carry one (too few win
 bootstrap, too few task items, a baseline not above chance, too few random trials); underpowered
 numbers are printed without intervals and marked. A study with missing or unfinished stores is
 reported with a warning line at the top and its partial sections marked (exit status 0).
+
+"Through what it matters" reads each store's ``mediation`` group (``workbench mediate``) with the
+app's torch-free reader (``workbench.app.mediation``): the top recovering components of each group
+(the residual stream left out: restored after the last removed layer it recovers everything), and
+whether a kind of later component, or the linear mixers for attention, stands out beyond the others'
+intervals; under ``MIN_WINDOWS`` patched windows the numbers are points, marked underpowered.
 """
 
 from __future__ import annotations
