@@ -142,6 +142,9 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
     scored, reference, avoid = rebuild_inputs(ds, loaded.tokenizer, corpus)
     windows = _windows(protocol, scored.n_tokens, max_tokens)
     tokens = np.array([w.n_scored for w in windows], dtype=np.int64)
+    if tokens.sum() < max_tokens:
+        say(f"mediate: the store scored {int(tokens.sum()):,} tokens of corpus {scored.name!r}, fewer than "
+            f"--max-tokens {max_tokens:,}; using all of them")
     key = {"corpus": scored.name, "max_tokens": max_tokens, "windows": len(windows),
            "plan_hash": ds.attrs.get("plan_hash"), "weights_hash": ds.attrs.get("weights_hash"), "heads": heads,
            "format": FORMAT}
@@ -190,7 +193,8 @@ def mediate(store_path: str | Path, *, conditions: list[str] | None = None, max_
         body["nll_clean"] = (("condition", "window"), nll["clean"][None])
         body["nll_ablated"] = (("condition", "window"), nll["ablated"][None])
         main = ds["window_nll"].sel(condition=cond.id).values[j_corpus, :len(windows)]
-        body["store_nll_diff"] = (("condition",), np.array([np.nanmax(np.abs(main - nll["ablated"]))]))
+        diff = np.abs(main - nll["ablated"])  # NaN where the main store has not computed the condition
+        body["store_nll_diff"] = (("condition",), np.array([np.nanmax(diff) if np.isfinite(diff).any() else np.nan]))
         _write(path, i, body)
         _write(path, i, {"complete": (("condition",), np.array([True]))})
     return open_mediation(path)
