@@ -4,7 +4,9 @@
   seed); a scikit-learn estimator (fit / predict / score = accuracy). Fitted on one thread:
   scikit-learn's multinomial loss runs an OpenMP loop per lbfgs step that is far too small to
   share, and on 2 busy cores its threads wait on each other (one 4-class probe on 1,500
-  tokens x 256 features: 51 s with 2 threads, 0.9 s with 1, identical coefficients).
+  tokens x 256 features: 51 s with 2 threads, 0.9 s with 1, identical coefficients; over a
+  store's probes accuracies moved by at most one held-out token, the gradient's sums being
+  taken in another order).
 - ``control_labels``: the control task of Hewitt & Liang (2019): every token *type* gets one
   label drawn from the task's empirical label distribution, fixed for that type. A probe
   that does well on it memorises token identity; selectivity = task acc - control acc.
