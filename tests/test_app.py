@@ -24,10 +24,11 @@ from workbench.tasks import get_tasks
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from workbench.app.pages import NAMES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "streamlit_app.py")
-PAGES = ["runs", "model_map", "perplexity", "layer_sweep", "random_controls", "compare", "representations",
-         "embedding_map", "report", "launch"]
+PAGES = list(NAMES)
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness. ") * 6
 KW = dict(context=32, stride=16, progress=False)
@@ -190,7 +191,8 @@ def test_page_draws_without_error(runs, page):
     at = start(runs, page, picked=picked)
     assert not at.exception, at.exception
     n_charts = len(at.get("vega_lite_chart"))
-    no_charts = {"runs", "report", "launch", "representations", "embedding_map"}  # the last two: no diagnostics
+    # the runs fixture has no diagnostics and no mediation group: those pages explain themselves
+    no_charts = {"runs", "report", "launch", "representations", "embedding_map", "mediation"}
     assert n_charts >= (0 if page in no_charts else 2 if page == "compare" else 1), page
     if page == "runs":
         listing = at.dataframe[0].value
@@ -198,6 +200,8 @@ def test_page_draws_without_error(runs, page):
         assert "not a readable workbench store" in texts(at, "error")  # the junk folder, listed, no traceback
     if page == "report":
         assert "workbench study" in texts(at, "info")
+    if page == "mediation":
+        assert "workbench mediate" in texts(at, "info") + texts(at, "warning") + texts(at, "markdown")
 
 
 @pytest.mark.parametrize("case", ["missing", "empty"])

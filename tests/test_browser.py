@@ -33,6 +33,15 @@ PAGES = [("Runs", "runs", "stDataFrame", ("multiselect", "Stores", "qwen3_5")),
          ("Embedding map", "embedding_map", "stVegaLiteChart", ("selectbox", "Colour by", "next token")),
          ("Report", "report", "stImage", ("selectbox", "Report", "study2"))]
 TOKEN = "let-me-launch"
+# Launch and Roles have browser tests of their own (test_browser_roles.py); Mediation is drawn
+# by AppTest on a mediated store (test_app_mediation.py).
+ELSEWHERE = {"launch", "roles", "mediation"}
+
+
+def test_every_registered_page_is_opened():
+    from workbench.app.pages import NAMES
+
+    assert {name for _, name, _, _ in PAGES} | ELSEWHERE == set(NAMES)
 
 
 def _free_port() -> int:

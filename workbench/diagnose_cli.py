@@ -36,6 +36,8 @@ def diagnose_cmd(
                               "runs probed at every layer"),
     device: Optional[str] = typer.Option(None, help="default: the store's device"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a cache of another sample"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads on a CPU (default: the "
+                                          "cores not busy with other processes)"),
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -56,6 +58,10 @@ def diagnose_cmd(
                    windows=windows, max_diag_tokens=max_diag_tokens, map_layer=map_layer, map_methods=methods,
                    probe_layers=probe_layers, full=full, device=device, overwrite=overwrite)
     if where is None:
+        if device in (None, "cpu"):  # extra OpenMP threads on busy cores stall each other (as in `run`)
+            from workbench.threads import set_threads
+
+            typer.echo(f"torch threads: {set_threads(threads)}", err=True)
         for store in stores:
             diagnose(store, progress=True, **options)
     else:
