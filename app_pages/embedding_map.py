@@ -44,8 +44,8 @@ if not mapped:
     first = picked[0]
     ad.warn_store(sel, first)
     st.info(f"No shared map in **{sel.name(first)}**{' or the other picked stores' if len(picked) > 1 else ''}. "
-            f"`{dg.DIAGNOSE_HINT.format(path=first)}` writes one (`map_xy`: PCA and UMAP fitted on all conditions' "
-            "points at the middle layer, `--map-methods pca,umap`).")
+            f"`{dg.DIAGNOSE_HINT.format(path=first)}` writes one (`map_xy`: PCA fitted on all conditions' "
+            "points at the middle layer; `--full` adds UMAP).")
     st.stop()
 path = mapped[0] if len(mapped) == 1 else st.selectbox("Store", mapped, format_func=sel.name)
 ad.warn_store(sel, path)
