@@ -267,7 +267,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
             cmap = loaded_maps[model]
             plan, lm, corpora, ref, protocol = prepare(model)
             if model not in task_tokens_cache:
-                task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items)
+                task_tokens_cache[model] = _task_tokens(lm.tokenizer, tasks, settings.task_items, lm.model)
             per_condition = forward_tokens(corpora, protocol, task_tokens_cache[model])
             store = out_dir / f"{slug(model)}.zarr"
             done.append(ModelPlan(model, store, plan, per_condition))
@@ -312,8 +312,12 @@ def _estimate(lm, plan, settings: StudySettings, protocol):
                     group_size=GROUP_SIZE)
 
 
-def _task_tokens(tokenizer, tasks, n_items) -> int:
+def _task_tokens(tokenizer, tasks, n_items, model=None) -> int:
+    """Forward tokens of one condition's tasks: each context once where the model's cache carries
+    it to the choices (the runner's default), else every choice whole. (A plan's resample
+    conditions are scored per choice; the study's plans have none.)"""
     from workbench.evaluate.multiple_choice import build_requests
+    from workbench.evaluate.shared_context import forward_tokens as shared_tokens, refusal
 
     if not tasks:
         return 0
@@ -322,4 +326,7 @@ def _task_tokens(tokenizer, tasks, n_items) -> int:
     def encode(s):
         return tokenizer(s, add_special_tokens=False)["input_ids"]
 
-    return sum(len(r.input_ids) for r in build_requests(tasks, items, encode, (0,)))
+    requests = build_requests(tasks, items, encode, (0,))
+    if model is not None and refusal(model) is None:
+        return shared_tokens(requests)
+    return sum(len(r.input_ids) for r in requests)
