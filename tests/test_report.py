@@ -458,3 +458,26 @@ def test_through_what_it_matters_underpowered_and_not_computed(tmp_path):
     assert f"Not computed: run `{command}`" in section and m == {"computed": False, "command": command}
     section, m = _mediation_section(tmp_path / "c", _mediation(complete=(False, False)))
     assert "None of the study's groups (component only) is mediated yet" in section and m["groups"] == {}
+
+
+def test_show_texts_give_intervals_only_where_the_report_would():
+    """`workbench show`'s pooled ratios and task drops follow the report's power rules."""
+    from workbench.summary import pooled_ratio_texts, task_drop_texts
+
+    assert "[" in pooled_ratio_texts(hybrid())["g-att"]
+    few = pooled_ratio_texts(hybrid(n_windows=12))["g-att"]
+    assert "no interval: 12 windows, needs 20" in few and "[" not in few
+    tasks = {"mmlu": (6, 0.25, 0.67, {"g-att": 0.0}), "arc": (100, 0.25, 0.27, {}),
+             "hella": (100, 0.25, 0.70, {"g-att": 0.25})}
+    heads, drops = task_drop_texts(hybrid(tasks=tasks))
+    assert heads["mmlu"] == "baseline 0.67, chance 0.25, 6 items"
+    assert "no interval: 6 items" in drops["g-att"]["mmlu"] and "[" not in drops["g-att"]["mmlu"]
+    assert "not above chance" in drops["g-att"]["arc"] and "[" not in drops["g-att"]["arc"]
+    assert drops["g-att"]["hella"].startswith("0.45 [")
+
+
+def test_vocab_size_prefers_the_store_attribute_over_the_config():
+    ds = xr.Dataset(attrs={"model": "random:qwen2", "vocab_size": 7})
+    assert rp.vocab_size(ds) == 7
+    assert rp.vocab_size(ds.drop_attrs()) is None
+    assert rp.vocab_size(xr.Dataset(attrs={"model": "random:qwen2"})) > 7  # older stores: the config's

@@ -86,8 +86,11 @@ def test_run_then_show(made_store, capsys):
         assert key in ds.attrs
     assert set(ds["mode"].values) == {"none", "zero"}
     assert (ds["qc_changed"].values[1:] == 1).all() and bool(ds["qc_fired"].all())
+    assert ds.attrs["vocab_size"] == load_model("random:qwen2").model.config.vocab_size
     code, stdout, _ = invoke(["show", made_store], capsys)
     assert code == 0 and "attention off, layers 0-3, zero" in stdout
+    n = int((ds["window_tokens"].values > 0).sum())
+    assert n < 20 and f"no interval: {n} windows, needs 20" in stdout  # too few windows for blocks
     code, stdout, _ = invoke(["show", made_store, "--json"], capsys)
     rows = json.loads(stdout)
     assert rows[0]["label"] == "baseline (no ablation)" and rows[0]["ratio:tale"] == pytest.approx(1.0)

@@ -388,7 +388,7 @@ def show(store_path: Path = typer.Argument(..., help="a run store"),
                                           "diagnostics (from `workbench diagnose`)")):
     """Summarise a run store: perplexity per condition and corpus, ratio to baseline, QC."""
     from workbench.store import StoreError, open_store, verify
-    from workbench.summary import summary_frame
+    from workbench.summary import pooled_ratio_texts, summary_frame, task_drop_texts
 
     ds = open_store(store_path)
     damaged = verify(ds)
@@ -406,16 +406,30 @@ def show(store_path: Path = typer.Argument(..., help="a run store"),
               f"{_protocol_text(proto)}, prefix token {proto.get('prefix_token', 'none')}",
               markup=False, highlight=False)
     corpora = list(ds.corpus.values)
+    pooled = pooled_ratio_texts(ds)  # an interval only where the store has windows enough for one
     table = Table()
-    for col in ["label", "kind"] + [f"ppl {c}" for c in corpora] + [f"x base {c}" for c in corpora] + ["qc"]:
+    for col in (["label", "kind"] + [f"ppl {c}" for c in corpora] + [f"x base {c}" for c in corpora]
+                + ["x base pooled [95% CI]", "qc"]):
         table.add_column(col, justify="left" if col in ("label", "kind") else "right")
     for rec in frame.to_dict("records"):
         row = [rec["label"], rec["kind"]]
         row += [_fmt(rec[f"perplexity:{c}"], rec["complete"]) for c in corpora]
         row += [_fmt(rec[f"ratio:{c}"], rec["complete"]) for c in corpora]
+        row.append(pooled.get(rec["id"], "-"))
         row.append(rec["qc"])
         table.add_row(*(escape(x) for x in row))
     out.print(table)
+    heads, drops = task_drop_texts(ds)
+    if heads:
+        out.print("task accuracy drop against the baseline [95% CI]: "
+                  + "; ".join(f"{t}: {h}" for t, h in heads.items()), markup=False, highlight=False)
+        tasks = Table()
+        for col in ["label", *heads]:
+            tasks.add_column(col, justify="left" if col == "label" else "right")
+        for rec in frame.to_dict("records"):
+            if rec["id"] in drops:
+                tasks.add_row(*(escape(x) for x in [rec["label"], *(drops[rec["id"]][t] for t in heads)]))
+        out.print(tasks)
     warnings = frame[frame["qc"].isin(["NOT FIRED", "NO EFFECT", "NON-FINITE"])]
     for rec in warnings.to_dict("records"):
         err.print(f"QC {rec['qc']}: {rec['label']}", markup=False, highlight=False)
