@@ -209,6 +209,7 @@ def provenance(loaded: LoadedModel, *, device: str, dtype: str, protocol: Protoc
         "model_type": loaded.model_type,
         "model_source": loaded.source,
         "n_layers": len(component_layers(loaded.model)),
+        "vocab_size": int(loaded.model.config.get_text_config().vocab_size),  # uniform guessing's perplexity
         "model_revision": loaded.revision or "",
         "config_hash": key["config_hash"],
         "weights_hash": key["weights_hash"],
