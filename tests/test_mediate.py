@@ -298,3 +298,20 @@ def test_prefix_reuse_in_condition_nll(models):
     for key in naive:
         assert np.allclose(fast[key], naive[key], atol=1e-4, rtol=0), key
     assert not np.allclose(fast["restored"], fast["ablated"], atol=1e-3)
+
+
+def test_run_mediate_forwards_tokens_and_refuses_tokens_alone(tmp_path, capsys):
+    corpus = tmp_path / "tale.txt"
+    corpus.write_text(TEXT)
+    out = tmp_path / "run.zarr"
+    base = ["run", "--model", "random:qwen2", "--preset", "groups", "--context", "32", "--stride", "16",
+            "--corpus", corpus, "--out", out]
+    code, _, err = _invoke([*base, "--mediate-tokens", "48"], capsys)
+    assert code == 2 and "--mediate-tokens goes with --mediate" in err and err.count("\n") == 1
+    assert not out.exists()  # refused before the run
+    code, _, err = _invoke([*base, "--mode", "skip_layer", "--mediate"], capsys)
+    assert code == 2 and "no zero, mean or resample conditions" in err and not out.exists()
+    code, _, err = _invoke([*base, "--mediate", "--mediate-tokens", "48"], capsys)
+    assert code == 0, err
+    med = M.open_mediation(out).load()
+    assert bool(med["complete"].all()) and 48 <= int(med["window_tokens"].sum()) < 64  # 48, not the default 1024

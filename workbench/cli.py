@@ -157,6 +157,10 @@ def run(
                                                   "the first corpus offers when fewer)"),
     diagnose_full: bool = typer.Option(False, "--diagnose-full", help="with --diagnose: the slow, complete "
                                        "set (diagnose --full)"),
+    mediate: bool = typer.Option(False, "--mediate", help="then patch activations into the ablated conditions "
+                                 "(as `workbench mediate STORE` with its defaults; runs on this machine)"),
+    mediate_tokens: Optional[int] = typer.Option(None, "--mediate-tokens", help="with --mediate: tokens of the "
+                                                 "store's first windows to patch (mediate --max-tokens; default 1024)"),
     cluster: Optional[str] = CLUSTER,
     workers: Optional[int] = WORKERS,
     threads_per_worker: Optional[int] = THREADS_PER_WORKER,
@@ -176,6 +180,10 @@ def run(
         raise UserError("--diagnose-tokens and --diagnose-full go with --diagnose; add --diagnose or drop them")
     if diagnose_tokens is not None and diagnose_tokens < 8:
         raise UserError(f"--diagnose-tokens {diagnose_tokens} is invalid: give at least 8")
+    if mediate_tokens is not None and not mediate:
+        raise UserError("--mediate-tokens goes with --mediate; add --mediate or drop it")
+    if mediate_tokens is not None and mediate_tokens < 1:
+        raise UserError(f"--mediate-tokens {mediate_tokens} is invalid: give at least 1")
     if (plan is None) == (preset is None):
         raise UserError(f"give exactly one of --plan FILE or --preset ({', '.join(plans.PRESETS)})")
     where = target(cluster, workers, threads_per_worker)
@@ -212,6 +220,14 @@ def run(
     if dry_run:
         _print_plan(resolved)
         return
+    if mediate:  # a plan with nothing to patch is refused now, not after the run
+        from workbench.mediate import MediationError
+        from workbench.mediate.group import pick_conditions
+
+        try:
+            pick_conditions(resolved, None)
+        except MediationError as exc:
+            raise UserError(f"--mediate: {exc}; drop --mediate or add such conditions") from None
     try:
         corpora, ref, protocol = prepare_inputs(loaded, corpus, texts, max_tokens=max_tokens, reference=reference,
                                                 reference_text=ref_text, reference_tokens=n_reference,
@@ -252,6 +268,11 @@ def run(
 
             diagnose_cluster([out_path], **where.connect_kwargs(), log=say, **options)
         err.print(f"diagnostics in {out_path} (workbench show {out_path} --diagnostics)", markup=False)
+    if mediate:
+        from workbench.mediate import DEFAULT_TOKENS, mediate as run_mediate
+
+        run_mediate(out_path, max_tokens=mediate_tokens or DEFAULT_TOKENS, device=device, log=say)
+        err.print(f"mediation in {out_path} (its mediation group; the app's Mediation page)", markup=False)
 
 
 EMBEDDED = "mini-qwen3.5,mini-falcon-h1,mini-qwen2.5,smollm2-135m"
