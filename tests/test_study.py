@@ -88,8 +88,29 @@ def tiny_study(tmp_path_factory):
     settings = StudySettings(models=["random:qwen3_5", "random:qwen2"], corpora=[str(corpus)], context=32,
                              stride=16, batch_size=8, tasks=["agreement", "last_word"], task_items=2, seeds=2,
                              grid=[1])
-    run_study(settings, folder / "out", log=lambda m: None, progress=False)
+    import workbench.loading
+
+    loads = []
+    with pytest.MonkeyPatch.context() as mp:  # count loads: each model once per study
+        mp.setattr(workbench.loading, "load_model", lambda spec, **kw: loads.append(spec) or load_model(spec, **kw))
+        run_study(settings, folder / "out", log=lambda m: None, progress=False)
+    (folder / "loads.json").write_text(json.dumps(loads))
     return folder / "out"
+
+
+def test_study_loads_each_model_once(tiny_study):
+    assert json.loads((tiny_study.parent / "loads.json").read_text()) == ["random:qwen3_5", "random:qwen2"]
+
+
+def test_model_cache_reloads_what_does_not_fit():
+    from workbench.study import ModelCache
+
+    kept = ModelCache("cpu", "float32")
+    assert kept.get("random:qwen2") is kept.get("random:qwen2") and kept.loads == 1
+    kept.drop("random:qwen2")
+    assert kept.get("random:qwen2") is not None and kept.loads == 2
+    tight = ModelCache("cpu", "float32", budget=0)
+    assert tight.get("random:qwen2") is not tight.get("random:qwen2") and tight.loads == 2
 
 
 def test_study_stores_hold_every_condition_and_tasks(tiny_study):

@@ -207,6 +207,46 @@ def forward_tokens(corpora, protocol, task_tokens: int = 0) -> int:
     return sum(protocol.forward_tokens(k.n_tokens) for k in corpora) + task_tokens
 
 
+class ModelCache:
+    """Each study model loaded once and kept for the later passes (maps, checks, run) while the
+    kept weights stay within a quarter of the free memory of the study's device; a model that
+    does not fit is loaded again when needed, as before."""
+
+    def __init__(self, device: str, dtype: str, budget: int | None = None):
+        self.device, self.dtype, self.kept, self.loads, self.budget = device, dtype, {}, 0, budget
+
+    def get(self, model: str):
+        from workbench.loading import load_model
+
+        if model in self.kept:
+            return self.kept[model]
+        lm = load_model(model, device=self.device, dtype=self.dtype)
+        self.loads += 1
+        if self.budget is None:  # measured once the device is known to work
+            self.budget = _free_memory(self.device) // 4
+        held = sum(_nbytes(m.model) for m in self.kept.values())
+        if held + _nbytes(lm.model) <= self.budget:
+            self.kept[model] = lm
+        return lm
+
+    def drop(self, model: str) -> None:
+        self.kept.pop(model, None)  # after its run: the memory goes to the next model
+
+
+def _nbytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _free_memory(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil  # a dependency of distributed
+
+    return int(psutil.virtual_memory().available)
+
+
 def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = False, log=print,
               progress: bool = True, cluster=None, replace: bool = False) -> list[ModelPlan]:
     """Run (or resume) the study into ``out_dir``; returns what ran per model.
@@ -221,7 +261,6 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
     from torch import get_num_threads
 
     from workbench.estimate import duration
-    from workbench.loading import load_model
     from workbench.runner import prepare_inputs
     from workbench.tasks import get_tasks
 
@@ -233,16 +272,19 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
         check_folder(out_dir, settings, replace)
     texts = [read_text(c) for c in settings.corpora]
     tasks = get_tasks(settings.tasks) if settings.tasks != [] else []
+    models = ModelCache(settings.device, settings.dtype)
     loaded_maps = {}
     for model in settings.models:  # first every model's map: random controls share their sizes
-        lm = load_model(model, device=settings.device, dtype=settings.dtype)
-        loaded_maps[model] = component_map(lm.model)
-        del lm
+        loaded_maps[model] = component_map(models.get(model).model)
     sizes = set().union(*(group_sizes(c) for c in loaded_maps.values()))
 
+    inputs = {}  # model -> (plan, corpora, reference, protocol): tokenized once for the check and the run
+
     def prepare(model: str):
+        lm = models.get(model)
+        if model in inputs:
+            return (inputs[model][0], lm, *inputs[model][1:])
         plan = study_plan(loaded_maps[model], sizes, settings.seeds, settings.grid)
-        lm = load_model(model, device=settings.device, dtype=settings.dtype)
         try:
             corpora, ref, protocol = prepare_inputs(
                 lm, settings.corpora, texts, max_tokens=settings.max_tokens, prefix_token=settings.prefix_token,
@@ -250,6 +292,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
                 scoring=settings.scoring, streams=settings.streams)
         except ValueError as exc:  # e.g. --prefix-token bos on a model without one
             raise StudyError(f"{model}: {exc}") from None
+        inputs[model] = (plan, corpora, ref, protocol)
         return plan, lm, corpora, ref, protocol
 
     if not dry_run:  # every model checked before anything is written (study.json included)
@@ -286,6 +329,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
                     f"on {settings.device} ({get_num_threads()} thread{'s' if get_num_threads() > 1 else ''}), "
                     + (f"prefix reuse runs {est.work / est.computed:.0%} of the naive loop's layers"
                        if settings.fast else "naive loop (--no-fast)"))
+                models.drop(model)
                 continue
             ds = run_plan(lm, plan, corpora, store, protocol=protocol, reference=ref, device=settings.device,
                           dtype=settings.dtype, donor_seed=0, tasks=tasks, task_items=settings.task_items,
@@ -295,6 +339,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, dry_run: bool = F
                      device=settings.device, dtype=settings.dtype, donor_seed=0, progress=progress, log=log,
                      fast=settings.fast, max_rows=settings.max_rows)
             del lm
+            models.drop(model)
     if dry_run and len(estimates) > 1:
         log(f"estimate for the whole study here: up to {duration(sum(estimates))} in one process "
             "(see workbench/estimate.py for what it leaves out)")
