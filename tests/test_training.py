@@ -218,31 +218,26 @@ def shipped_cards() -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MINI_MODELS))
 def test_shipped_model_matches_its_card(name):
-    """load_model(name) reproduces the card's held-out loss on every set (1e-3), in full."""
-    import torch
-
+    """load_model(name) reproduces the card's held-out loss (1e-3) on one whole held-out set, a
+    different one for each model (every set in full would take ~8 minutes of one core)."""
     from workbench.corpora import load_corpus
     from workbench.evaluate.perplexity import perplexity
     from workbench.loading import load_model
 
     card = shipped_cards().get(name)
     assert card is not None, f"{name} is not in data/models (train it: workbench train {name})"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # whole held-out sets: worth both cores
-    try:
-        loaded = load_model(name)
-        assert type(loaded.model).__name__ == card["model_class"]
-        proto = card["protocol"]
-        for corpus_name, expected in card["heldout"].items():
-            corpus = load_corpus(corpus_name, loaded.tokenizer)
-            res = perplexity(loaded.model, corpus.ids, context=proto["context"], stride=proto["stride"],
-                             batch_size=proto["batch_size"], n_bytes=corpus.scored_bytes())
-            assert res.n_tokens == expected["n_tokens"], \
-                f"{corpus_name}: the loaded tokenizer splits the text differently from training"
-            assert res.loss == pytest.approx(expected["loss"], abs=1e-3), corpus_name
-            assert res.bits_per_byte == pytest.approx(expected["bits_per_byte"], abs=1e-3), corpus_name
-    finally:
-        torch.set_num_threads(threads)
+    loaded = load_model(name)
+    assert type(loaded.model).__name__ == card["model_class"]
+    proto = card["protocol"]
+    corpus_name = sorted(card["heldout"])[sorted(MINI_MODELS).index(name) % len(card["heldout"])]
+    expected = card["heldout"][corpus_name]
+    corpus = load_corpus(corpus_name, loaded.tokenizer)
+    res = perplexity(loaded.model, corpus.ids, context=proto["context"], stride=proto["stride"],
+                     batch_size=proto["batch_size"], n_bytes=corpus.scored_bytes())
+    assert res.n_tokens == expected["n_tokens"], \
+        f"{corpus_name}: the loaded tokenizer splits the text differently from training"
+    assert res.loss == pytest.approx(expected["loss"], abs=1e-3), corpus_name
+    assert res.bits_per_byte == pytest.approx(expected["bits_per_byte"], abs=1e-3), corpus_name
 
 
 @pytest.mark.slow

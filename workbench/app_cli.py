@@ -85,7 +85,7 @@ def app(runs: str = typer.Option("runs", "--runs", help="Folder of run stores (s
         os.environ["WORKBENCH_LAUNCH_TOKEN"] = launch_token  # the environment, not argv: `ps` shows argv
         typer.echo("Launching jobs is on for visitors who give the launch token.")
     elif host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo("Read-only: pass --launch-token TOKEN to let visitors launch jobs.")
+        typer.echo("Read-only: pass --launch-token-file FILE to let visitors who give its token launch jobs.")
     from workbench.jobs import CLUSTER_ENV, ensure_runners, send_queued
 
     if cluster:
