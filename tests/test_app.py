@@ -287,6 +287,7 @@ def damaged(runs, tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_damaged_stores_are_explained_not_raised(damaged):
     info = {p.name: ad.store_info(p) for p in ad.find_stores(damaged)}
     assert "unreadable" in info["corrupt.zarr"]["damaged"] and info["good.zarr"]["damaged"] == ""
@@ -361,6 +362,7 @@ def test_role_colours_fixed_whatever_the_filter(runs):
     assert len(set(ROLE_COLOURS.values())) == len(ROLE_COLOURS)
 
 
+@pytest.mark.slow
 def test_app_never_imports_torch(runs):
     """Importing the app modules and running every page leaves torch out of sys.modules."""
     code = f"""

@@ -118,6 +118,7 @@ def test_skipped_layers_do_not_run(tiny_qwen35):
     assert fast.bound() == pytest.approx((iv.cmap.n_layers + 2) / (2 * iv.cmap.n_layers))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,scoring", [("qwen3_5_text", "rolling"), ("falcon_h1", "rolling"),
                                             ("qwen3_5_text", "carry"), ("falcon_h1", "carry"), ("qwen2", "carry")])
 def test_run_plan_fast_equals_naive_store(tmp_path, family, scoring):

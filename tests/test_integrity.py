@@ -556,6 +556,7 @@ def test_config_hash_ignores_where_the_model_was_read_from(tmp_path):
 
 # --- 15. a study folder is checked before its settings are written -----------------------------
 
+@pytest.mark.slow
 def test_a_study_folder_is_checked_before_study_json_is_written(tmp_path, corpus_file, capsys):
     out = tmp_path / "s"
     args = ["study", "--models", "random:qwen2", "--corpus", corpus_file, "--tasks", "none", "--seeds", "1",

@@ -89,6 +89,7 @@ def test_registered_with_lm_eval():
     assert "hf" in model_registry  # the built-in names are still there
 
 
+@pytest.mark.slow
 def test_simple_evaluate_matches_internal_scorer(loaded, tmp_path):
     import lm_eval
     from lm_eval.tasks import TaskManager
