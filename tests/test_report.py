@@ -471,7 +471,7 @@ def test_show_texts_give_intervals_only_where_the_report_would():
              "hella": (100, 0.25, 0.70, {"g-att": 0.25})}
     heads, drops = task_drop_texts(hybrid(tasks=tasks))
     assert heads["mmlu"] == "baseline 0.67, chance 0.25, 6 items"
-    assert "no interval: 6 items" in drops["g-att"]["mmlu"] and "[" not in drops["g-att"]["mmlu"]
+    assert "no interval: 6 items, needs 30" in drops["g-att"]["mmlu"] and "[" not in drops["g-att"]["mmlu"]
     assert "not above chance" in drops["g-att"]["arc"] and "[" not in drops["g-att"]["arc"]
     assert drops["g-att"]["hella"].startswith("0.45 [")
 

@@ -87,6 +87,8 @@ def task_drop_texts(ds: xr.Dataset) -> tuple[dict[str, str], dict[str, dict[str,
         base_acc = float(np.nanmean(base)) if n else float("nan")
         chance = float(ds["chance"].sel(task=task))
         why = report.task_power(n, base_acc, chance) if n else "no items scored"
+        if 0 < n < report.MIN_ITEMS:
+            why = f"{n} items, needs {report.MIN_ITEMS}"
         heads[task] = f"baseline {report._fmt(base_acc)}, chance {chance:.2f}, {n} items"
         for cid, ok in zip(ds.condition.values, ds["complete"].values):
             if str(cid) == "baseline" or not ok:
