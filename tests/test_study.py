@@ -98,6 +98,7 @@ def tiny_study(tmp_path_factory):
     return folder / "out"
 
 
+@pytest.mark.slow  # the tiny study takes about a minute
 def test_study_loads_each_model_once(tiny_study):
     assert json.loads((tiny_study.parent / "loads.json").read_text()) == ["random:qwen3_5", "random:qwen2"]
 
@@ -113,6 +114,7 @@ def test_model_cache_reloads_what_does_not_fit():
     assert tight.get("random:qwen2") is not tight.get("random:qwen2") and tight.loads == 2
 
 
+@pytest.mark.slow  # the tiny study takes about a minute
 def test_study_stores_hold_every_condition_and_tasks(tiny_study):
     ds = open_store(tiny_study / "random_qwen3_5.zarr")
     assert bool(ds["complete"].all())
@@ -121,6 +123,7 @@ def test_study_stores_hold_every_condition_and_tasks(tiny_study):
     assert json.loads((tiny_study / "study.json").read_text())["models"] == ["random:qwen3_5", "random:qwen2"]
 
 
+@pytest.mark.slow  # the tiny study takes about a minute
 def test_compression_steps_are_re_measured_not_summed(tiny_study):
     from workbench.corpora import load_with_reference
     from workbench.evaluate.perplexity import perplexity
@@ -152,6 +155,7 @@ def test_compression_steps_are_re_measured_not_summed(tiny_study):
     assert got != pytest.approx(additive, abs=1e-9)  # a measured curve, not a sum of single effects
 
 
+@pytest.mark.slow  # the tiny study takes about a minute
 def test_report_is_written_with_figures(tiny_study, capsys):
     from workbench.report import write_report
 
