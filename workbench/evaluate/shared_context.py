@@ -82,28 +82,6 @@ def context_batches(requests: list, batch_size: int) -> list[list[tuple]]:
     return out
 
 
-def _score_tails(cached, carrier, caches, rows, parent, tails, requests, common, pad_id, device, out) -> None:
-    """One forward of ``rows`` (request indices) from their contexts' cached states."""
-    index = torch.tensor([parent[i] for i in rows], dtype=torch.long, device=device)
-    caches = [own_copy(cache) for cache in caches]
-    for cache in caches:
-        cache.reorder_cache(index)  # row r: its context's state
-    width = max(len(tails[i]) for i in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for row, i in enumerate(rows):
-        ids[row, :len(tails[i])] = torch.tensor(tails[i], dtype=torch.long)
-    ids = ids.to(device)
-    kwargs = [carrier.forward_kwargs(c, common, common, len(rows), width, ids.device) for c in caches]
-    for lane, logits in enumerate(cached.forward(ids, 0, kwargs)):
-        if logits is None:
-            continue
-        for row, i in enumerate(rows):
-            cont, n_ids = requests[i].continuation, len(tails[i])
-            logp = F.log_softmax(logits[row, n_ids - len(cont):n_ids].float(), dim=-1)
-            target = torch.tensor(cont, dtype=torch.long, device=logp.device)
-            out[lane, i] = logp.gather(-1, target[:, None]).cpu().double().sum().item()
-
-
 def forward_tokens(requests: list, batch_size: int = 16) -> int:
     """Token positions a shared-context pass forwards (padding not counted): each batch's common
     prefix once per context, then each choice with its context's tail and its tokens but the last."""
