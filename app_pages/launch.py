@@ -91,8 +91,12 @@ def command_form(folder: Path) -> list[str] | None:
             model = c1.selectbox("Model", MODELS, accept_new_options=True, key="launch_model",
                                  help="an embedded mini model, a local folder, or random:<model_type>")
             preset = c2.selectbox("Preset", PRESETS, key="launch_preset")
-            out = c1.text_input("Store (in the runs folder)", value=f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-{preset}.zarr",
-                                key=f"launch_out:{model}:{preset}")
+            # The name follows model and preset until the visitor types one of their own.
+            default = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-{preset}.zarr"
+            if st.session_state.get("launch_out", default) == st.session_state.get("launch_out_default", default):
+                st.session_state["launch_out"] = default
+            st.session_state["launch_out_default"] = default
+            out = c1.text_input("Store (in the runs folder)", key="launch_out")
             argv = ["run", "--model", model, "--preset", preset]
         else:
             models = c1.text_input("Models (comma-separated)", value="mini-qwen3.5,mini-falcon-h1", key="launch_models")
@@ -199,11 +203,20 @@ if allowed():
                 st.success(f"Queued job `{job.id}`; it starts when {free} is free.")
 
 
-@st.fragment(run_every=2.0)
-def queue() -> None:
+POLL_S = 2.0
+
+
+def queue(live: bool) -> None:
+    """The queue; ``live``: redrawn every POLL_S seconds while a job is queued or running. A
+    queue with nothing active is drawn once (the page settles), with a button to look again."""
     jobs.ensure_runners(folder)  # a runner that died with jobs waiting is restarted
     all_jobs = jobs.list_jobs(folder)
+    if live and not any(j.state in jobs.ACTIVE for j in all_jobs):
+        st.rerun()  # the last job ended: draw the page once more, without the timer
     st.subheader("Queue")
+    if not live:
+        st.button("Refresh the queue", key="queue_refresh", help="Jobs queued from elsewhere appear here; "
+                  "while a job is queued or running the queue refreshes itself.")
     if not all_jobs:
         st.info(f"No jobs yet in `{folder}`.")
         return
@@ -258,4 +271,14 @@ def cancel_form(active: list[jobs.Job]) -> None:
         st.session_state.pop("cancel_confirm", None)
 
 
-queue()
+@st.fragment(run_every=POLL_S)
+def live_queue() -> None:
+    queue(live=True)
+
+
+@st.fragment
+def still_queue() -> None:
+    queue(live=False)
+
+
+(live_queue if any(j.state in jobs.ACTIVE for j in jobs.list_jobs(folder)) else still_queue)()

@@ -212,12 +212,29 @@ def test_launch_page_read_only_then_with_token(tmp_path, monkeypatch):
     assert "outside the runs folder" in texts(at, "error")
     (job,) = jobs.list_jobs(runs)
     assert job.owner == "ana" and job.state in jobs.ACTIVE
+    assert not [b for b in at.button if b.key == "queue_refresh"]  # a live queue refreshes itself
     end = time.time() + 30
     while jobs.read_job(runs, job.id).state != "done" and time.time() < end:
         time.sleep(0.2)
     at.run()
     table = at.dataframe[0].value
     assert table.loc[0, "state"] == "done" and table.loc[0, "owner"] == "ana"
+    assert [b for b in at.button if b.key == "queue_refresh"]  # nothing active: drawn once, settles
+
+
+def test_launch_form_keeps_a_typed_store_name(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("WORKBENCH_LAUNCH_TOKEN", "s3cret")
+    at = start(runs, "launch")
+    next(t for t in at.text_input if t.label == "Launch token").set_value("s3cret").run()
+    out = lambda: next(t for t in at.text_input if t.label == "Store (in the runs folder)")  # noqa: E731
+    assert out().value == "mini-qwen3.5-groups.zarr"
+    next(b for b in at.selectbox if b.label == "Preset").set_value("sweep").run()
+    assert out().value == "mini-qwen3.5-sweep.zarr"  # an untouched name follows the preset
+    out().set_value("mine.zarr").run()
+    next(b for b in at.selectbox if b.label == "Preset").set_value("groups").run()
+    assert not at.exception and out().value == "mine.zarr"  # a typed one is kept
 
 
 def test_damaged_diagnostics_give_one_clear_message(diag_runs, tmp_path):
