@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from workbench.app.palette import FUNCTION, function_of, role_of
+from workbench.claims import pid_alive
 from workbench.store import StoreError, open_store, provenance_json, verify
 
 DEFAULT_RUNS = "runs"
@@ -90,23 +91,6 @@ def store_size(path: str | Path) -> int:
     return total
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a zombie, killed but not reaped, does not)."""
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
 def _holder_gone(lock: Path) -> bool:
     """The lock file names a process of this host that no longer runs (a cancelled run whose
     lock lives on in a child that inherited it)."""
@@ -118,7 +102,7 @@ def _holder_gone(lock: Path) -> bool:
     except (OSError, ValueError):
         return False
     pid = owner.get("pid")
-    return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+    return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
 
 
 def being_written(path: str | Path) -> bool:

@@ -19,6 +19,24 @@ import time
 from pathlib import Path
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this machine; a zombie (ended, not yet reaped by its
+    parent) counts as ended."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 class Claims:
     def __init__(self, store: str | Path):
         store = Path(store)

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 
 from workbench import job_argv
+from workbench.claims import pid_alive
 from workbench.cluster_options import fifo_priority
 
 JOBS = ".jobs"
@@ -446,21 +447,6 @@ def ensure_runners(runs) -> list[int]:
     return [pid for d in devices if (pid := ensure_runner(runs, d))]
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (ended, not yet reaped by its parent) counts as ended
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    return True
-
-
 def _take_next(runs, device: str) -> Job | None:
     with _locked(runs):
         for job in list_jobs(runs):
@@ -475,7 +461,7 @@ def _finish_orphans(runs, device: str) -> None:
     """Jobs marked running that no live process holds (the machine rebooted, say) are failed."""
     with _locked(runs):
         for job in list_jobs(runs):
-            if _local(job, device) and job.state == "running" and not _alive(job.pid):
+            if _local(job, device) and job.state == "running" and not pid_alive(job.pid):
                 job.state, job.ended = "failed", time.time()
                 job.note = "ended while no runner watched it; rerun the same command to resume its store"
                 _write(runs, job)
@@ -496,7 +482,7 @@ def run_queue(runs, device: str = "cpu", idle_s: float = 2.0, lock_fd: int | Non
         # a job still running from an earlier runner (its own session) is waited for, not doubled
         for job in list_jobs(runs):
             if _local(job, device) and job.state == "running":
-                while _alive(job.pid):
+                while pid_alive(job.pid):
                     time.sleep(POLL_S)
         _finish_orphans(runs, device)
         idle_since = time.monotonic()

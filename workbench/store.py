@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
+from workbench.claims import pid_alive
 from workbench.labels import layer_ranges
 
 if TYPE_CHECKING:
@@ -199,20 +200,10 @@ def _clean_stale_layouts(path: Path) -> None:
     host = socket.gethostname()
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         parts = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])):
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not pid_alive(int(parts[1])):
             shutil.rmtree(tmp, ignore_errors=True)
         elif time.time() - tmp.stat().st_mtime > 24 * 3600:  # another host's, a day old
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def create_or_resume(path: str | Path, plan: "Plan", corpora, attrs: dict,
